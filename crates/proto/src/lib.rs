@@ -1,0 +1,33 @@
+//! Generated code for Armada's wire contract. Nothing here is written by hand but these
+//! re-exports: the `.proto` files under `proto/` are the source of truth.
+
+#![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+pub mod mvcc {
+    pub mod v1 {
+        tonic::include_proto!("mvcc.v1");
+    }
+}
+
+pub mod regatta {
+    pub mod v1 {
+        tonic::include_proto!("regatta.v1");
+    }
+}
+
+pub mod replication {
+    pub mod v1 {
+        tonic::include_proto!("replication.v1");
+    }
+}
+
+pub mod maintenance {
+    pub mod v1 {
+        tonic::include_proto!("maintenance.v1");
+    }
+}
+
+/// The etcd v3 KV subset used by `armada bench` to drive etcd for comparison.
+pub mod etcd {
+    tonic::include_proto!("etcdserverpb");
+}

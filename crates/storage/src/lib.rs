@@ -1,0 +1,75 @@
+//! Storage: the node's one fjall database and the conventions for using it.
+//!
+//! Every node has exactly one [`Storage`] (one fjall `Database`) under `<data-dir>/db`. All
+//! keyspaces live in it, so one write batch can update several of them atomically (a table's
+//! data together with its applied position), and one journal fsync makes everything before it
+//! durable. Keyspace names are chosen here and nowhere else (see [`keyspace_name`]).
+//!
+//! This crate is synchronous and knows nothing of tokio, gRPC or Raft.
+
+pub mod ids;
+
+pub use fjall;
+pub use ids::*;
+
+use std::path::Path;
+
+/// Errors of the storage layer. IO errors are not recoverable by the caller: a node that
+/// cannot write its storage stops (fail-stop).
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage engine error: {0}")]
+    Engine(#[from] fjall::Error),
+    #[error("corrupt data in {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// The node's database. Cheap to clone (handles are reference counted).
+#[derive(Clone)]
+pub struct Storage {
+    db: fjall::Database,
+}
+
+impl Storage {
+    /// Opens (or creates) the database in `dir`.
+    ///
+    /// The journal is persisted manually: the Raft log writer fsyncs it once per batch of
+    /// appends (group commit), which also covers every state-machine write before it.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let db = fjall::Database::builder(dir)
+            .manual_journal_persist(true)
+            .open()?;
+        Ok(Storage { db })
+    }
+
+    /// The underlying database, for modules that own a keyspace layout of their own.
+    pub fn database(&self) -> &fjall::Database {
+        &self.db
+    }
+
+    /// Opens or creates the keyspace `name` with default options.
+    pub fn keyspace(&self, name: &str) -> Result<fjall::Keyspace> {
+        Ok(self
+            .db
+            .keyspace(name, fjall::KeyspaceCreateOptions::default)?)
+    }
+
+    /// Makes every write so far durable (fdatasync of the journal).
+    pub fn sync(&self) -> Result<()> {
+        self.db.persist(fjall::PersistMode::SyncData)?;
+        Ok(())
+    }
+
+    /// Total bytes on disk (journal and tables).
+    pub fn disk_space(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
+    }
+}
+
+/// The name of a keyspace that belongs to `owner` (e.g. a table id) and has role `role`.
+/// Names are short ASCII: `t10001.latest`, `raft.log`.
+pub fn keyspace_name(owner: &str, role: &str) -> String {
+    format!("{owner}.{role}")
+}
