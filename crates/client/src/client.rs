@@ -1,0 +1,406 @@
+//! [`Client`]: one channel to one server, the three Regatta services over it, and a typed
+//! method per RPC returning the proto response.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use armada_proto::regatta::v1::{
+    CreateTableRequest, CreateTableResponse, DeleteTableRequest, DeleteTableResponse,
+    ListTablesRequest, ListTablesResponse,
+};
+use armada_proto::regatta::v1::{
+    DeleteRangeRequest, DeleteRangeResponse, MemberListRequest, MemberListResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse, TxnRequest,
+    TxnResponse, cluster_client::ClusterClient, kv_client::KvClient, tables_client::TablesClient,
+};
+use futures::{Stream, TryStreamExt};
+use prost::bytes::Bytes;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::ClientError;
+use crate::address::{Target, parse_address};
+use crate::error::error_chain;
+
+/// Largest message the client sends or accepts: above the server's 4 MiB transport limit, so
+/// the server's limit is the one that is exercised.
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// How long dialing may take when [`ConnectOptions::connect_timeout`] is not set.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to reach a server beyond its address.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// PEM file of the CA that signed the server's certificate (`https://` only); without it
+    /// the system's roots are used.
+    pub ca_file: Option<PathBuf>,
+    /// Bearer token sent as `authorization: Bearer <token>` on every call.
+    pub token: Option<String>,
+    /// Deadline of each call (sent to the server as `grpc-timeout`); none by default.
+    pub timeout: Option<Duration>,
+    /// How long dialing may take; [`DEFAULT_CONNECT_TIMEOUT`] when `None`.
+    pub connect_timeout: Option<Duration>,
+}
+
+/// Adds the bearer token and the deadline to every call.
+#[derive(Clone, Default)]
+pub struct CallDecorator {
+    authorization: Option<MetadataValue<Ascii>>,
+    timeout: Option<Duration>,
+}
+
+impl CallDecorator {
+    /// A decorator for `options`; fails if the token is not a valid header value.
+    pub fn new(options: &ConnectOptions) -> Result<Self, ClientError> {
+        let authorization = match options.token.as_deref().filter(|token| !token.is_empty()) {
+            None => None,
+            Some(token) => {
+                let mut value: MetadataValue<Ascii> =
+                    format!("Bearer {token}")
+                        .parse()
+                        .map_err(|_| ClientError::InvalidToken {
+                            reason: "it must be printable ASCII".to_owned(),
+                        })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+        };
+        Ok(CallDecorator {
+            authorization,
+            timeout: options.timeout,
+        })
+    }
+}
+
+impl std::fmt::Debug for CallDecorator {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the token.
+        formatter
+            .debug_struct("CallDecorator")
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "**********"),
+            )
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Interceptor for CallDecorator {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
+        if let Some(timeout) = self.timeout {
+            request.set_timeout(timeout);
+        }
+        Ok(request)
+    }
+}
+
+/// The channel type of the raw tonic clients: a connection plus the [`CallDecorator`].
+pub type ApiChannel = InterceptedService<Channel, CallDecorator>;
+
+/// A stream of `IterateRange` chunks.
+pub type RangeStream =
+    Pin<Box<dyn Stream<Item = Result<RangeResponse, ClientError>> + Send + 'static>>;
+
+/// Dials `address` and returns the bare channel (e.g. to build an etcd client on it). The
+/// token of `options` is not applied here: only [`Client`] adds it.
+pub async fn connect_channel(
+    address: &str,
+    options: &ConnectOptions,
+) -> Result<Channel, ClientError> {
+    endpoint(address, options)?
+        .connect()
+        .await
+        .map_err(|error| ClientError::Connect {
+            address: address.to_owned(),
+            detail: error_chain(&error),
+        })
+}
+
+fn endpoint(address: &str, options: &ConnectOptions) -> Result<Endpoint, ClientError> {
+    let target = parse_address(address)?;
+    let invalid = |reason: String| ClientError::InvalidAddress {
+        address: address.to_owned(),
+        reason,
+    };
+    let mut endpoint = Endpoint::from_shared(target.uri().to_owned())
+        .map_err(|error| invalid(error_chain(&error)))?
+        .connect_timeout(options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT))
+        .tcp_nodelay(true);
+    if let Some(timeout) = options.timeout {
+        endpoint = endpoint.timeout(timeout);
+    }
+    match (&target, &options.ca_file) {
+        (Target::Https { .. }, ca_file) => {
+            let tls = match ca_file {
+                Some(path) => {
+                    let pem = std::fs::read(path).map_err(|source| ClientError::CaFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+                }
+                None => ClientTlsConfig::new().with_native_roots(),
+            };
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|error| ClientError::Connect {
+                    address: address.to_owned(),
+                    detail: error_chain(&error),
+                })?;
+        }
+        (_, Some(_)) => {
+            return Err(invalid(
+                "a CA file was given but the address is not https://".to_owned(),
+            ));
+        }
+        (_, None) => {}
+    }
+    Ok(endpoint)
+}
+
+/// A connection to one Armada (or Regatta) server.
+///
+/// Cloning is cheap and shares the connection. Methods take `&self`; each call clones the
+/// underlying tonic client (a handle), so a `Client` can be shared across tasks.
+#[derive(Debug, Clone)]
+pub struct Client {
+    kv: KvClient<ApiChannel>,
+    tables: TablesClient<ApiChannel>,
+    cluster: ClusterClient<ApiChannel>,
+}
+
+impl Client {
+    /// Dials `address` with default options (plaintext or system TLS roots, no token, no
+    /// deadline).
+    pub async fn connect(address: &str) -> Result<Client, ClientError> {
+        Client::connect_with(address, &ConnectOptions::default()).await
+    }
+
+    /// Dials `address` with `options`; fails if the server cannot be reached.
+    pub async fn connect_with(
+        address: &str,
+        options: &ConnectOptions,
+    ) -> Result<Client, ClientError> {
+        let decorator = CallDecorator::new(options)?;
+        let channel = connect_channel(address, options).await?;
+        Ok(Client::from_channel(channel, decorator))
+    }
+
+    /// Like [`Client::connect_with`], but dials on first use (and redials after failures):
+    /// for long-lived clients such as follower forwarding.
+    pub fn connect_lazy(address: &str, options: &ConnectOptions) -> Result<Client, ClientError> {
+        let decorator = CallDecorator::new(options)?;
+        let channel = endpoint(address, options)?.connect_lazy();
+        Ok(Client::from_channel(channel, decorator))
+    }
+
+    /// Wraps an existing channel.
+    pub fn from_channel(channel: Channel, decorator: CallDecorator) -> Client {
+        Client {
+            kv: KvClient::with_interceptor(channel.clone(), decorator.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            tables: TablesClient::with_interceptor(channel.clone(), decorator.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            cluster: ClusterClient::with_interceptor(channel, decorator)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        }
+    }
+
+    /// The raw `regatta.v1.KV` client (for tests and hot loops).
+    pub fn kv(&self) -> KvClient<ApiChannel> {
+        self.kv.clone()
+    }
+
+    /// The raw `regatta.v1.Tables` client.
+    pub fn tables(&self) -> TablesClient<ApiChannel> {
+        self.tables.clone()
+    }
+
+    /// The raw `regatta.v1.Cluster` client.
+    pub fn cluster(&self) -> ClusterClient<ApiChannel> {
+        self.cluster.clone()
+    }
+
+    /// Writes `value` under `key`; `prev_kv` asks for the previous key-value.
+    pub async fn put(
+        &self,
+        table: impl Into<Bytes>,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        prev_kv: bool,
+    ) -> Result<PutResponse, ClientError> {
+        let request = PutRequest {
+            table: table.into(),
+            key: key.into(),
+            value: value.into(),
+            prev_kv,
+        };
+        Ok(self.kv().put(request).await?.into_inner())
+    }
+
+    /// Reads one key (serializable); a missing key is a response with no kvs.
+    pub async fn get(
+        &self,
+        table: impl Into<Bytes>,
+        key: impl Into<Bytes>,
+    ) -> Result<RangeResponse, ClientError> {
+        self.range(RangeRequest {
+            table: table.into(),
+            key: key.into(),
+            ..RangeRequest::default()
+        })
+        .await
+    }
+
+    /// `Range` as is.
+    pub async fn range(&self, request: RangeRequest) -> Result<RangeResponse, ClientError> {
+        Ok(self.kv().range(request).await?.into_inner())
+    }
+
+    /// `IterateRange`: one point-in-time view in chunks; the last chunk has `more == false`.
+    pub async fn iterate_range(&self, request: RangeRequest) -> Result<RangeStream, ClientError> {
+        let stream = self.kv().iterate_range(request).await?.into_inner();
+        Ok(Box::pin(stream.map_err(ClientError::from)))
+    }
+
+    /// `DeleteRange` as is.
+    pub async fn delete_range(
+        &self,
+        request: DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, ClientError> {
+        Ok(self.kv().delete_range(request).await?.into_inner())
+    }
+
+    /// `Txn` as is.
+    pub async fn txn(&self, request: TxnRequest) -> Result<TxnResponse, ClientError> {
+        Ok(self.kv().txn(request).await?.into_inner())
+    }
+
+    /// Creates a table; the response carries its id.
+    pub async fn create_table(
+        &self,
+        name: impl Into<String>,
+    ) -> Result<CreateTableResponse, ClientError> {
+        let request = CreateTableRequest {
+            name: name.into(),
+            config: None,
+        };
+        Ok(self.tables().create(request).await?.into_inner())
+    }
+
+    /// Deletes a table and its data.
+    pub async fn delete_table(
+        &self,
+        name: impl Into<String>,
+    ) -> Result<DeleteTableResponse, ClientError> {
+        let request = DeleteTableRequest { name: name.into() };
+        Ok(self.tables().delete(request).await?.into_inner())
+    }
+
+    /// Lists tables (sorted by name by the server).
+    pub async fn list_tables(&self) -> Result<ListTablesResponse, ClientError> {
+        Ok(self.tables().list(ListTablesRequest {}).await?.into_inner())
+    }
+
+    /// The node's status; `config` adds its effective configuration (secrets redacted).
+    pub async fn status(&self, config: bool) -> Result<StatusResponse, ClientError> {
+        Ok(self
+            .cluster()
+            .status(StatusRequest { config })
+            .await?
+            .into_inner())
+    }
+
+    /// The cluster's members.
+    pub async fn member_list(&self) -> Result<MemberListResponse, ClientError> {
+        Ok(self
+            .cluster()
+            .member_list(MemberListRequest {})
+            .await?
+            .into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_is_redacted_and_validated() {
+        let options = ConnectOptions {
+            token: Some("s3cret".into()),
+            ..ConnectOptions::default()
+        };
+        let decorator = CallDecorator::new(&options).unwrap();
+        assert!(!format!("{decorator:?}").contains("s3cret"));
+        let bad = ConnectOptions {
+            token: Some("line\nbreak".into()),
+            ..ConnectOptions::default()
+        };
+        assert!(matches!(
+            CallDecorator::new(&bad),
+            Err(ClientError::InvalidToken { .. })
+        ));
+    }
+
+    #[test]
+    fn decorator_sets_header_and_deadline() {
+        let options = ConnectOptions {
+            token: Some("t0ken".into()),
+            timeout: Some(Duration::from_secs(2)),
+            ..ConnectOptions::default()
+        };
+        let mut decorator = CallDecorator::new(&options).unwrap();
+        let request = decorator.call(tonic::Request::new(())).unwrap();
+        assert_eq!(
+            request.metadata().get("authorization").unwrap(),
+            "Bearer t0ken"
+        );
+        assert!(request.metadata().get("grpc-timeout").is_some());
+    }
+
+    #[test]
+    fn ca_file_needs_https() {
+        let options = ConnectOptions {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..ConnectOptions::default()
+        };
+        assert!(matches!(
+            endpoint("http://127.0.0.1:1", &options),
+            Err(ClientError::InvalidAddress { .. })
+        ));
+        assert!(matches!(
+            endpoint("https://127.0.0.1:1", &options),
+            Err(ClientError::CaFile { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn refused_connection_is_a_connect_error() {
+        // Port 1 on loopback: nothing listens there in a test environment.
+        let options = ConnectOptions {
+            connect_timeout: Some(Duration::from_secs(2)),
+            ..ConnectOptions::default()
+        };
+        let error = Client::connect_with("127.0.0.1:1", &options)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ClientError::Connect { .. }), "{error}");
+    }
+}

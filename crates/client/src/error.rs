@@ -1,0 +1,95 @@
+//! The one error type of the client. A server answer keeps its `tonic::Code` and message so
+//! that the CLI can show both and scripts (and tests) can match on the code.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong between a caller and an Armada server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The address is not one of `http://`, `https://`, `unix://` or `host:port`.
+    #[error("invalid address {address:?}: {reason}")]
+    InvalidAddress { address: String, reason: String },
+    /// The CA file given for TLS cannot be read.
+    #[error("cannot read the CA file {path}: {source}")]
+    CaFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bearer token cannot be sent as an HTTP header value.
+    #[error("invalid token: {reason}")]
+    InvalidToken { reason: String },
+    /// The transport could not be set up (TLS configuration, connection refused, ...).
+    #[error("cannot connect to {address}: {detail}")]
+    Connect { address: String, detail: String },
+    /// The server (or the transport during a call) answered with a gRPC status.
+    #[error("{code:?}: {message}")]
+    Status { code: tonic::Code, message: String },
+}
+
+impl ClientError {
+    /// The gRPC code of a failed call; `None` for failures before any call was made.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            ClientError::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// Whether the call may succeed if retried (no leader yet, shutting down, deadline).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.code(),
+            Some(tonic::Code::Unavailable | tonic::Code::DeadlineExceeded)
+        )
+    }
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(status: tonic::Status) -> Self {
+        let mut message = status.message().to_owned();
+        // Transport failures come as `Unavailable` with a terse message; the cause is in the
+        // source chain.
+        let cause = std::error::Error::source(&status).map(error_chain);
+        if let Some(cause) = cause.filter(|cause| !message.contains(cause.as_str())) {
+            if message.is_empty() {
+                message = cause;
+            } else {
+                message = format!("{message}: {cause}");
+            }
+        }
+        ClientError::Status {
+            code: status.code(),
+            message,
+        }
+    }
+}
+
+/// `error: cause: cause of cause`, skipping repeated texts (hyper and tonic nest the same
+/// message several times).
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(current) = next {
+        let text = current.to_string();
+        if !parts.iter().any(|part| part.contains(text.as_str())) {
+            parts.push(text);
+        }
+        next = current.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_keeps_code_and_message() {
+        let error = ClientError::from(tonic::Status::not_found("table t not found"));
+        assert_eq!(error.code(), Some(tonic::Code::NotFound));
+        assert_eq!(error.to_string(), "NotFound: table t not found");
+        assert!(!error.is_transient());
+        assert!(ClientError::from(tonic::Status::unavailable("no leader")).is_transient());
+    }
+}
