@@ -1,15 +1,231 @@
-//! `armada status` and `armada members` (being written).
+//! `armada status` and `armada members`: what a node reports about itself and its cluster
+//! (`regatta.v1.Cluster`). Tables are shown sorted by name (the wire map has no order).
 
-#[derive(clap::Args)]
-pub struct StatusArgs {}
+use anyhow::Context;
+use armada_proto::regatta::v1::{MemberListResponse, StatusResponse, TableStatus};
+use clap::Args;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use serde_json::{Map, Value, json};
 
-#[derive(clap::Args)]
-pub struct MembersArgs {}
+use super::kv::{ClientArgs, Output};
 
-pub async fn run(_args: StatusArgs) -> anyhow::Result<()> {
-    anyhow::bail!("armada status is not built yet")
+/// `armada status`.
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Also show the node's effective configuration (secrets are redacted by the server).
+    #[arg(long)]
+    pub config: bool,
 }
 
-pub async fn run_members(_args: MembersArgs) -> anyhow::Result<()> {
-    anyhow::bail!("armada members is not built yet")
+/// `armada members`.
+#[derive(Args)]
+pub struct MembersArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let output = Output::new(args.client.json);
+    let client = args.client.connect().await?;
+    let status = client.status(args.config).await.context("status")?;
+    if output.json {
+        return output.print_json(&status_json(&status));
+    }
+    print!("{}", status_text(&status));
+    Ok(())
+}
+
+pub async fn run_members(args: MembersArgs) -> anyhow::Result<()> {
+    let output = Output::new(args.client.json);
+    let client = args.client.connect().await?;
+    let members = client.member_list().await.context("members")?;
+    if output.json {
+        return output.print_json(&members_json(&members));
+    }
+    print!("{}", members_text(&members));
+    Ok(())
+}
+
+fn sorted_tables(status: &StatusResponse) -> Vec<(&String, &TableStatus)> {
+    let mut tables: Vec<_> = status.tables.iter().collect();
+    tables.sort_by(|left, right| left.0.cmp(right.0));
+    tables
+}
+
+fn status_text(status: &StatusResponse) -> String {
+    let mut text = format!("node {}  version {}\n", status.id, status.version);
+    if !status.info.is_empty() {
+        text.push_str(&format!("{}\n", status.info));
+    }
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "table", "shard", "leader", "term", "index", "applied", "revision", "log size", "db size",
+        "hash",
+    ]);
+    for (name, table_status) in sorted_tables(status) {
+        table.add_row([
+            name.clone(),
+            table_status.shard_id.to_string(),
+            table_status.leader.clone(),
+            table_status.raft_term.to_string(),
+            table_status.raft_index.to_string(),
+            table_status.raft_applied_index.to_string(),
+            table_status.revision.to_string(),
+            byte_size(table_status.log_size),
+            byte_size(table_status.db_size),
+            table_status.content_hash.clone(),
+        ]);
+    }
+    text.push_str(&format!("{table}\n"));
+    for error in &status.errors {
+        text.push_str(&format!("error: {error}\n"));
+    }
+    if let Some(config) = &status.config {
+        text.push_str("configuration:\n");
+        for (key, value) in &config.fields {
+            text.push_str(&format!("  {key} = {}\n", struct_value(value)));
+        }
+    }
+    text
+}
+
+/// `1.5 MiB`-style sizes; negative sizes (unknown) are shown as given.
+fn byte_size(bytes: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut size = bytes as f64;
+    let mut unit = 0;
+    while size >= 1024.0 && unit + 1 < UNITS.len() {
+        size /= 1024.0;
+        unit += 1;
+    }
+    format!("{size:.1} {}", UNITS[unit])
+}
+
+fn status_json(status: &StatusResponse) -> Value {
+    let tables: Map<String, Value> = sorted_tables(status)
+        .into_iter()
+        .map(|(name, table)| {
+            let value = json!({
+                "shard_id": table.shard_id,
+                "leader": table.leader,
+                "raft_term": table.raft_term,
+                "raft_index": table.raft_index,
+                "raft_applied_index": table.raft_applied_index,
+                "revision": table.revision,
+                "log_size": table.log_size,
+                "db_size": table.db_size,
+                "content_hash": table.content_hash,
+            });
+            (name.clone(), value)
+        })
+        .collect();
+    let config = status.config.as_ref().map(|config| {
+        Value::Object(
+            config
+                .fields
+                .iter()
+                .map(|(key, value)| (key.clone(), struct_value(value)))
+                .collect(),
+        )
+    });
+    json!({
+        "id": status.id,
+        "version": status.version,
+        "info": status.info,
+        "tables": tables,
+        "config": config,
+        "errors": status.errors,
+    })
+}
+
+/// A `google.protobuf.Value` as JSON.
+fn struct_value(value: &prost_types::Value) -> Value {
+    use prost_types::value::Kind;
+    match &value.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::NumberValue(number)) => json!(number),
+        Some(Kind::StringValue(text)) => Value::from(text.as_str()),
+        Some(Kind::BoolValue(flag)) => Value::from(*flag),
+        Some(Kind::StructValue(inner)) => Value::Object(
+            inner
+                .fields
+                .iter()
+                .map(|(key, value)| (key.clone(), struct_value(value)))
+                .collect(),
+        ),
+        Some(Kind::ListValue(list)) => Value::Array(list.values.iter().map(struct_value).collect()),
+    }
+}
+
+fn members_text(members: &MemberListResponse) -> String {
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_header(["id", "name", "peer URLs", "client URLs"]);
+    for member in &members.members {
+        table.add_row([
+            member.id.clone(),
+            member.name.clone(),
+            member.peer_ur_ls.join(", "),
+            member.client_ur_ls.join(", "),
+        ]);
+    }
+    format!("cluster {}\n{table}\n", members.cluster)
+}
+
+fn members_json(members: &MemberListResponse) -> Value {
+    let list: Vec<Value> = members
+        .members
+        .iter()
+        .map(|member| {
+            json!({
+                "id": member.id,
+                "name": member.name,
+                "peer_urls": member.peer_ur_ls,
+                "client_urls": member.client_ur_ls,
+            })
+        })
+        .collect();
+    json!({"cluster": members.cluster, "members": list})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(byte_size(0), "0 B");
+        assert_eq!(byte_size(1023), "1023 B");
+        assert_eq!(byte_size(1536), "1.5 KiB");
+        assert_eq!(byte_size(5 * 1024 * 1024), "5.0 MiB");
+    }
+
+    #[test]
+    fn status_lists_tables_in_name_order_and_errors() {
+        let mut status = StatusResponse {
+            id: "1".into(),
+            version: "0.1.0".into(),
+            errors: vec!["table b: no leader".into()],
+            ..StatusResponse::default()
+        };
+        for name in ["b", "a", "c"] {
+            status.tables.insert(name.into(), TableStatus::default());
+        }
+        let text = status_text(&status);
+        let positions: Vec<usize> = [" a ", " b ", " c "]
+            .iter()
+            .map(|name| text.find(name).expect(name))
+            .collect();
+        assert!(positions.windows(2).all(|pair| pair[0] < pair[1]), "{text}");
+        assert!(text.contains("error: table b: no leader"));
+        let json = status_json(&status);
+        let names: Vec<&String> = json["tables"].as_object().unwrap().keys().collect();
+        assert_eq!(names, ["a", "b", "c"]);
+    }
 }

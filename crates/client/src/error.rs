@@ -10,7 +10,7 @@ pub enum ClientError {
     #[error("invalid address {address:?}: {reason}")]
     InvalidAddress { address: String, reason: String },
     /// The CA file given for TLS cannot be read.
-    #[error("cannot read the CA file {path}: {source}")]
+    #[error("cannot read the CA file {path}")]
     CaFile {
         path: PathBuf,
         #[source]
