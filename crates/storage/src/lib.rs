@@ -8,6 +8,7 @@
 //! This crate is synchronous and knows nothing of tokio, gRPC or Raft.
 
 pub mod ids;
+pub mod mvcc;
 
 pub use fjall;
 pub use ids::*;

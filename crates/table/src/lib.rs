@@ -1,1 +1,187 @@
+//! The table state machine: applies `mvcc.v1.Command`s to a table's MVCC keyspaces and serves
+//! point-in-time reads.
+//!
+//! # Concept
+//!
+//! A [`Table`] is the deterministic state machine of one table's Raft group. The Raft glue hands
+//! it committed log entries ([`Table::apply`]); every call is applied in ONE fjall write batch
+//! together with the [`AppliedPosition`], so data and position are always consistent on disk and
+//! replaying the log after a crash from the persisted position yields the same state.
+//! Reads go through a [`ReadView`]: a fjall cross-keyspace snapshot plus the position it observed,
+//! so a view (a unary Range, a whole IterateRange stream, a snapshot transfer) never sees a
+//! partially applied batch.
+//!
+//! # Layout (ADR 0002, `docs/format.md`)
+//!
+//! Per table: `t<id>.meta` (format, generation pointer, applied position, compact revision) and,
+//! per generation `g`, `t<id>.g<g>.latest` (one lookup per point read) and `t<id>.g<g>.history`
+//! (every version, for reads at a past revision). [`Table::install_snapshot`] loads a new
+//! generation and switches the pointer in one batch; stale generations are removed on open.
+//! Record encodings live in [`armada_storage::mvcc`].
+//!
+//! # Invariants
+//!
+//! * Applies are serialised (one applier at a time); a command is validated completely before
+//!   it changes anything, so a rejected command (deterministic) changes no data.
+//! * An empty user key is never written.
+//! * Every write of one apply call is stamped with its entry's revision (or, inside a SEQUENCE,
+//!   the nested command's leader index); within one batch a key is written at most once per
+//!   keyspace (pending writes are merged in an overlay first).
+//!
+//! This crate is synchronous: no tokio, no Raft, no clocks.
 
+mod apply;
+mod dump;
+mod error;
+mod position;
+mod read;
+mod snapshot;
+mod table;
+mod view;
+
+pub use armada_proto::mvcc::v1 as pb;
+pub use dump::{DUMP_STREAM_IDENTIFIER, DumpReader};
+pub use error::TableError;
+pub use position::AppliedPosition;
+pub use table::Table;
+pub use view::ReadView;
+
+use armada_storage::Revision;
+use bytes::Bytes;
+
+/// Size cap of one range response (unary Range, each IterateRange message, txn range ops and
+/// prev_kvs of deletes), as in Regatta: 4 MiB − 1 KiB.
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024 - 1024;
+
+/// Longest user key a command may write (SPEC §2).
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// Largest value a command may write (SPEC §2).
+pub const MAX_VALUE_BYTES: usize = 2 * 1024 * 1024;
+
+/// Deepest nesting of SEQUENCE commands accepted by apply.
+pub const MAX_SEQUENCE_DEPTH: usize = 4;
+
+/// One committed log entry to apply.
+#[derive(Clone, Copy, Debug)]
+pub struct ApplyEntry<'a> {
+    /// Revision stamped on this entry's writes (leader cluster: the entry's log index).
+    pub revision: Revision,
+    /// `None` for Raft blank and membership entries: no data change, the position still advances.
+    pub command: Option<&'a pb::Command>,
+}
+
+/// The result of one applied entry.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ApplyOutcome {
+    /// The command was applied (`command: None` entries too, with no responses).
+    /// `succeeded` is the compare result of a TXN, `true` for every other command.
+    Applied {
+        result: pb::CommandResult,
+        succeeded: bool,
+    },
+    /// The command is invalid (deterministically, so on every replica); nothing changed.
+    Rejected(String),
+}
+
+/// The upper bound of a range query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RangeEnd {
+    /// Exactly `key`.
+    Single,
+    /// `[key, end)`; empty when `end <= key`.
+    To(Bytes),
+    /// Every key `>= key` (wire: `range_end == "\0"`).
+    Unbounded,
+}
+
+impl RangeEnd {
+    /// Maps a wire `range_end`: empty → single key, `"\0"` → unbounded, else exclusive end.
+    pub fn from_wire(range_end: &Bytes) -> RangeEnd {
+        match range_end.as_ref() {
+            [] => RangeEnd::Single,
+            [0] => RangeEnd::Unbounded,
+            _ => RangeEnd::To(range_end.clone()),
+        }
+    }
+}
+
+/// A range read (Range, IterateRange, txn range op). Revision filters are off when zero.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeQuery {
+    pub key: Bytes,
+    pub range_end: RangeEnd,
+    /// Maximum number of kvs (0 = none). Ignored for a single key.
+    pub limit: u64,
+    pub keys_only: bool,
+    pub count_only: bool,
+    pub min_mod_revision: u64,
+    pub max_mod_revision: u64,
+    pub min_create_revision: u64,
+    pub max_create_revision: u64,
+    /// Read the table as of this revision (from history); `None` = latest.
+    pub at_revision: Option<Revision>,
+    /// Response size cap, see [`MAX_RESPONSE_BYTES`]. At least one kv is always returned.
+    pub max_response_bytes: usize,
+}
+
+impl RangeQuery {
+    /// A query for `key` up to `range_end` with every option off and the default size cap.
+    pub fn new(key: Bytes, range_end: RangeEnd) -> RangeQuery {
+        RangeQuery {
+            key,
+            range_end,
+            limit: 0,
+            keys_only: false,
+            count_only: false,
+            min_mod_revision: 0,
+            max_mod_revision: 0,
+            min_create_revision: 0,
+            max_create_revision: 0,
+            at_revision: None,
+            max_response_bytes: MAX_RESPONSE_BYTES,
+        }
+    }
+
+    /// The query of a txn range op (negative limits are treated as none; apply rejects them).
+    pub fn from_request(op: &pb::request_op::Range) -> RangeQuery {
+        RangeQuery {
+            limit: u64::try_from(op.limit).unwrap_or(0),
+            keys_only: op.keys_only,
+            count_only: op.count_only,
+            ..RangeQuery::new(op.key.clone(), RangeEnd::from_wire(&op.range_end))
+        }
+    }
+}
+
+/// The result of a range read.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RangeOutcome {
+    pub kvs: Vec<pb::KeyValue>,
+    /// Further matching keys exist after the limit or the size cap.
+    pub more: bool,
+    /// Number of kvs returned, or the number counted with `count_only` (bounded by limit).
+    pub count: i64,
+}
+
+impl RangeOutcome {
+    /// The wire form of this outcome as a txn response.
+    pub fn into_response(self) -> pb::ResponseOp {
+        pb::ResponseOp {
+            response: Some(pb::response_op::Response::ResponseRange(
+                pb::response_op::Range {
+                    kvs: self.kvs,
+                    more: self.more,
+                    count: self.count,
+                },
+            )),
+        }
+    }
+}
+
+/// The result of a read-only txn evaluated on a view.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TxnReadOutcome {
+    pub succeeded: bool,
+    pub responses: Vec<pb::ResponseOp>,
+}

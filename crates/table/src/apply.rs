@@ -1,0 +1,475 @@
+//! Applying commands: validation, then execution against an overlay of pending writes.
+//!
+//! One [`Applier`] serves one `Table::apply` call. Reads of an entry see the stored state (a
+//! snapshot taken under the apply lock) merged with the writes of earlier entries and earlier
+//! txn ops (the overlay), which gives later-entries-see-earlier-ones and read-your-own-writes
+//! inside a txn. At the end the overlay becomes one write batch: each touched key is written
+//! once to latest, each `(key, revision)` once to history.
+//!
+//! A command is validated completely ([`validate`]) before it executes, so the only failures
+//! during execution are storage errors, and a rejected command changes nothing.
+
+use crate::error::Result;
+use crate::read::{Latest, Overlay, Reader, scan_bounds};
+use crate::table::Generation;
+use crate::{
+    ApplyEntry, ApplyOutcome, MAX_KEY_BYTES, MAX_RESPONSE_BYTES, MAX_SEQUENCE_DEPTH,
+    MAX_VALUE_BYTES, RangeEnd, RangeQuery, pb,
+};
+use armada_storage::fjall::{Database, OwnedWriteBatch, Snapshot};
+use armada_storage::mvcc::{self, HistoryVersion};
+use armada_storage::{LeaderIndex, Revision};
+use bytes::Bytes;
+use pb::command::CommandType;
+use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+use pb::request_op::Request;
+use pb::response_op::Response;
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+
+/// Pending history versions: `(key, revision) → Some((create_revision, value))` or tombstone.
+type PendingHistory = BTreeMap<(Bytes, Revision), Option<(Revision, Bytes)>>;
+
+pub(crate) struct Applier<'a> {
+    snapshot: &'a Snapshot,
+    generation: &'a Generation,
+    overlay: Overlay,
+    history: PendingHistory,
+}
+
+impl<'a> Applier<'a> {
+    pub fn new(snapshot: &'a Snapshot, generation: &'a Generation) -> Self {
+        Applier {
+            snapshot,
+            generation,
+            overlay: Overlay::new(),
+            history: PendingHistory::new(),
+        }
+    }
+
+    fn reader(&self) -> Reader<'_> {
+        Reader::new(self.snapshot, self.generation, Some(&self.overlay))
+    }
+
+    /// Applies one entry; also returns the leader index its command carried.
+    pub fn apply_entry(
+        &mut self,
+        entry: &ApplyEntry<'_>,
+    ) -> Result<(ApplyOutcome, Option<LeaderIndex>)> {
+        let mut result = pb::CommandResult {
+            responses: Vec::new(),
+            revision: entry.revision.get(),
+        };
+        let Some(command) = entry.command else {
+            let outcome = ApplyOutcome::Applied {
+                result,
+                succeeded: true,
+            };
+            return Ok((outcome, None));
+        };
+        let leader_index = carried_leader_index(command);
+        if let Err(message) = validate(command, entry.revision, 0) {
+            return Ok((ApplyOutcome::Rejected(message), leader_index));
+        }
+        let succeeded = self.command(command, entry.revision, &mut result.responses)?;
+        Ok((ApplyOutcome::Applied { result, succeeded }, leader_index))
+    }
+
+    /// Executes a validated command; returns the txn compare result (`true` otherwise).
+    fn command(
+        &mut self,
+        command: &pb::Command,
+        revision: Revision,
+        responses: &mut Vec<pb::ResponseOp>,
+    ) -> Result<bool> {
+        let kind = CommandType::try_from(command.r#type).expect("validated command type");
+        match kind {
+            CommandType::Put => {
+                let kv = command.kv.as_ref().expect("validated PUT has kv");
+                let prev_kv = self.put(&kv.key, &kv.value, revision, command.prev_kvs)?;
+                responses.push(put_response(prev_kv));
+            }
+            CommandType::Delete => {
+                let kv = command.kv.as_ref().expect("validated DELETE has kv");
+                let range_end = RangeEnd::from_wire(&command.range_end.clone().unwrap_or_default());
+                let deleted = self.delete(&kv.key, &range_end, revision, command.prev_kvs)?;
+                responses.push(deleted);
+            }
+            CommandType::Dummy => {}
+            CommandType::PutBatch => {
+                for kv in &command.batch {
+                    let prev_kv = self.put(&kv.key, &kv.value, revision, command.prev_kvs)?;
+                    responses.push(put_response(prev_kv));
+                }
+            }
+            CommandType::DeleteBatch => {
+                for kv in &command.batch {
+                    let deleted =
+                        self.delete(&kv.key, &RangeEnd::Single, revision, command.prev_kvs)?;
+                    responses.push(deleted);
+                }
+            }
+            CommandType::Txn => {
+                let txn = command.txn.as_ref().expect("validated TXN has txn");
+                return self.txn(txn, revision, responses);
+            }
+            CommandType::Sequence => {
+                for nested in &command.sequence {
+                    self.command(nested, nested_revision(nested, revision), responses)?;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn put(
+        &mut self,
+        key: &Bytes,
+        value: &Bytes,
+        revision: Revision,
+        want_prev: bool,
+    ) -> Result<Option<pb::KeyValue>> {
+        let previous = self.reader().get(key)?;
+        let create_revision = previous.as_ref().map_or(revision, |p| p.create_revision);
+        self.history.insert(
+            (key.clone(), revision),
+            Some((create_revision, value.clone())),
+        );
+        let latest = Latest {
+            create_revision,
+            mod_revision: revision,
+            value: value.clone(),
+        };
+        self.overlay.insert(key.clone(), Some(latest));
+        Ok(previous
+            .filter(|_| want_prev)
+            .map(|previous| previous.to_key_value(key.clone())))
+    }
+
+    /// Deletes `key` (or the range); `deleted` is always the exact number of keys deleted.
+    fn delete(
+        &mut self,
+        key: &Bytes,
+        range_end: &RangeEnd,
+        revision: Revision,
+        want_prev: bool,
+    ) -> Result<pb::ResponseOp> {
+        let mut doomed: Vec<(Bytes, Latest)> = Vec::new();
+        if *range_end == RangeEnd::Single {
+            if let Some(latest) = self.reader().get(key)? {
+                doomed.push((key.clone(), latest));
+            }
+        } else if let Some(bounds) = scan_bounds(key, range_end, None) {
+            self.reader().scan(&bounds, |key, latest| {
+                doomed.push((key, latest));
+                ControlFlow::Continue(())
+            })?;
+        }
+        let deleted = i64::try_from(doomed.len()).unwrap_or(i64::MAX);
+        let mut prev_kvs = Vec::new();
+        let mut prev_bytes = 0;
+        for (key, latest) in doomed {
+            if want_prev
+                && (prev_kvs.is_empty()
+                    || prev_bytes + key.len() + latest.value.len() < MAX_RESPONSE_BYTES)
+            {
+                let kv = latest.to_key_value(key.clone());
+                prev_bytes += prost::Message::encoded_len(&kv) + 4;
+                prev_kvs.push(kv);
+            }
+            self.history.insert((key.clone(), revision), None);
+            self.overlay.insert(key, None);
+        }
+        Ok(pb::ResponseOp {
+            response: Some(Response::ResponseDeleteRange(
+                pb::response_op::DeleteRange { deleted, prev_kvs },
+            )),
+        })
+    }
+
+    fn txn(
+        &mut self,
+        txn: &pb::Txn,
+        revision: Revision,
+        responses: &mut Vec<pb::ResponseOp>,
+    ) -> Result<bool> {
+        let succeeded = compares_hold(&self.reader(), &txn.compare)?;
+        let ops = if succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        };
+        for op in ops {
+            let response = match op.request.as_ref().expect("validated txn op") {
+                Request::RequestRange(range) => self
+                    .reader()
+                    .range(&RangeQuery::from_request(range), None)?
+                    .into_response(),
+                Request::RequestPut(put) => {
+                    put_response(self.put(&put.key, &put.value, revision, put.prev_kv)?)
+                }
+                Request::RequestDeleteRange(delete) => {
+                    let range_end = RangeEnd::from_wire(&delete.range_end);
+                    self.delete(&delete.key, &range_end, revision, delete.prev_kv)?
+                }
+            };
+            responses.push(response);
+        }
+        Ok(succeeded)
+    }
+
+    /// The write batch of everything applied (the caller adds the position and commits).
+    pub fn into_batch(self, database: &Database) -> Result<OwnedWriteBatch> {
+        let mut batch = database.batch();
+        for (key, latest) in self.overlay {
+            match latest {
+                Some(latest) => batch.insert(
+                    &self.generation.latest,
+                    key,
+                    mvcc::encode_latest(latest.create_revision, latest.mod_revision, &latest.value),
+                ),
+                None => batch.remove(&self.generation.latest, key),
+            }
+        }
+        for ((key, revision), version) in self.history {
+            let version = match &version {
+                Some((create_revision, value)) => HistoryVersion::Put {
+                    create_revision: *create_revision,
+                    value: value.as_ref(),
+                },
+                None => HistoryVersion::Tombstone,
+            };
+            batch.insert(
+                &self.generation.history,
+                mvcc::encode_history_key(&key, revision),
+                mvcc::encode_history_version(&version),
+            );
+        }
+        Ok(batch)
+    }
+}
+
+fn put_response(prev_kv: Option<pb::KeyValue>) -> pb::ResponseOp {
+    pb::ResponseOp {
+        response: Some(Response::ResponsePut(pb::response_op::Put { prev_kv })),
+    }
+}
+
+/// A command nested in a SEQUENCE that carries a leader index is stamped with it, so a
+/// replicated write has the same revision in every cluster.
+fn nested_revision(nested: &pb::Command, revision: Revision) -> Revision {
+    nested.leader_index.map_or(revision, |index| {
+        Revision::from_leader_index(LeaderIndex(index))
+    })
+}
+
+/// The leader index a command carries: its own, else the last one nested in a SEQUENCE.
+fn carried_leader_index(command: &pb::Command) -> Option<LeaderIndex> {
+    command
+        .leader_index
+        .map(LeaderIndex)
+        .or_else(|| command.sequence.iter().rev().find_map(carried_leader_index))
+}
+
+/// Whether every compare holds (no compares: true).
+pub(crate) fn compares_hold(reader: &Reader<'_>, compares: &[pb::Compare]) -> Result<bool> {
+    for compare in compares {
+        if !compare_holds(reader, compare)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// A single-key compare is false for an absent key; a range compare is false for an empty
+/// range and otherwise true iff every key in it satisfies the predicate.
+fn compare_holds(reader: &Reader<'_>, compare: &pb::Compare) -> Result<bool> {
+    let range_end = RangeEnd::from_wire(&compare.range_end);
+    if range_end == RangeEnd::Single {
+        return Ok(reader
+            .get(&compare.key)?
+            .is_some_and(|latest| predicate_holds(compare, &latest)));
+    }
+    let Some(bounds) = scan_bounds(&compare.key, &range_end, None) else {
+        return Ok(false);
+    };
+    let (mut any, mut all) = (false, true);
+    reader.scan(&bounds, |_, latest| {
+        any = true;
+        if predicate_holds(compare, &latest) {
+            ControlFlow::Continue(())
+        } else {
+            all = false;
+            ControlFlow::Break(())
+        }
+    })?;
+    Ok(any && all)
+}
+
+/// Compares the stored side (left) with the operand (right); no operand: existence.
+fn predicate_holds(compare: &pb::Compare, latest: &Latest) -> bool {
+    let ordering = match &compare.target_union {
+        None => return true,
+        Some(TargetUnion::Value(value)) => latest.value.as_ref().cmp(value.as_ref()),
+        Some(TargetUnion::ModRevision(revision)) => {
+            i128::from(latest.mod_revision.get()).cmp(&i128::from(*revision))
+        }
+        Some(TargetUnion::CreateRevision(revision)) => {
+            i128::from(latest.create_revision.get()).cmp(&i128::from(*revision))
+        }
+    };
+    match compare.result() {
+        CompareResult::Equal => ordering.is_eq(),
+        CompareResult::NotEqual => ordering.is_ne(),
+        CompareResult::Greater => ordering.is_gt(),
+        CompareResult::Less => ordering.is_lt(),
+    }
+}
+
+/// Checks a command completely; `Err` is the rejection message.
+pub(crate) fn validate(
+    command: &pb::Command,
+    revision: Revision,
+    depth: usize,
+) -> Result<(), String> {
+    let kind = CommandType::try_from(command.r#type)
+        .map_err(|_| format!("unknown command type {}", command.r#type))?;
+    let writes = !matches!(kind, CommandType::Dummy | CommandType::Sequence);
+    if writes && revision.get() == 0 {
+        return Err(format!("{} stamped with revision 0", kind.as_str_name()));
+    }
+    match kind {
+        CommandType::Put => {
+            let kv = command.kv.as_ref().ok_or("PUT without kv")?;
+            check_put(&kv.key, &kv.value)
+        }
+        CommandType::Delete => command
+            .kv
+            .as_ref()
+            .map(|_| ())
+            .ok_or_else(|| "DELETE without kv".into()),
+        CommandType::Dummy | CommandType::DeleteBatch => Ok(()),
+        CommandType::PutBatch => command
+            .batch
+            .iter()
+            .try_for_each(|kv| check_put(&kv.key, &kv.value)),
+        CommandType::Txn => validate_txn(command.txn.as_ref().ok_or("TXN without txn")?),
+        CommandType::Sequence => {
+            if depth >= MAX_SEQUENCE_DEPTH {
+                return Err(format!("SEQUENCE nested deeper than {MAX_SEQUENCE_DEPTH}"));
+            }
+            command.sequence.iter().try_for_each(|nested| {
+                validate(nested, nested_revision(nested, revision), depth + 1)
+            })
+        }
+    }
+}
+
+fn check_put(key: &[u8], value: &[u8]) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("key must be set".into());
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(format!(
+            "key length {} exceeds {MAX_KEY_BYTES} bytes",
+            key.len()
+        ));
+    }
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(format!(
+            "value length {} exceeds {MAX_VALUE_BYTES} bytes",
+            value.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Checks compares and ops of a txn (shared with read-only txns on a view).
+pub(crate) fn validate_txn(txn: &pb::Txn) -> Result<(), String> {
+    for compare in &txn.compare {
+        CompareResult::try_from(compare.result)
+            .map_err(|_| format!("unknown compare result {}", compare.result))?;
+        let target = CompareTarget::try_from(compare.target)
+            .map_err(|_| format!("unknown compare target {}", compare.target))?;
+        let matches = matches!(
+            (target, &compare.target_union),
+            (_, None)
+                | (CompareTarget::Value, Some(TargetUnion::Value(_)))
+                | (CompareTarget::Mod, Some(TargetUnion::ModRevision(_)))
+                | (CompareTarget::Create, Some(TargetUnion::CreateRevision(_)))
+        );
+        if !matches {
+            return Err(format!(
+                "compare target {} does not match its operand",
+                target.as_str_name()
+            ));
+        }
+    }
+    for op in txn.success.iter().chain(&txn.failure) {
+        match op.request.as_ref().ok_or("txn op without request")? {
+            Request::RequestRange(range) if range.limit < 0 => {
+                return Err("limit must not be negative".into());
+            }
+            Request::RequestRange(_) | Request::RequestDeleteRange(_) => {}
+            Request::RequestPut(put) => check_put(&put.key, &put.value)?,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &'static [u8]) -> pb::Command {
+        pb::Command {
+            r#type: CommandType::Put as i32,
+            kv: Some(pb::KeyValue {
+                key: Bytes::from_static(key),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn validation_rejects_bad_commands() {
+        assert!(validate(&put(b"k"), Revision(1), 0).is_ok());
+        assert!(validate(&put(b""), Revision(1), 0).is_err());
+        assert!(validate(&put(b"k"), Revision(0), 0).is_err());
+        let unknown = pb::Command {
+            r#type: 99,
+            ..Default::default()
+        };
+        assert!(validate(&unknown, Revision(1), 0).is_err());
+        let sequence = pb::Command {
+            r#type: CommandType::Sequence as i32,
+            sequence: vec![put(b"a"), put(b"")],
+            ..Default::default()
+        };
+        assert!(validate(&sequence, Revision(1), 0).is_err());
+        let mismatched = pb::Txn {
+            compare: vec![pb::Compare {
+                target: CompareTarget::Mod as i32,
+                target_union: Some(TargetUnion::Value(Bytes::new())),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(validate_txn(&mismatched).is_err());
+    }
+
+    #[test]
+    fn nested_leader_index_is_carried_and_stamped() {
+        let mut nested = put(b"a");
+        nested.leader_index = Some(7);
+        let sequence = pb::Command {
+            r#type: CommandType::Sequence as i32,
+            sequence: vec![put(b"b"), nested.clone()],
+            ..Default::default()
+        };
+        assert_eq!(carried_leader_index(&sequence), Some(LeaderIndex(7)));
+        assert_eq!(nested_revision(&nested, Revision(100)), Revision(7));
+        assert_eq!(nested_revision(&put(b"c"), Revision(100)), Revision(100));
+    }
+}
