@@ -1,8 +1,152 @@
-//! `armada leader` (being written).
+//! `armada leader`: run a node of the leader cluster.
+//!
+//! Every flag is optional here; values are layered with the config file and the environment
+//! (see `armada_server::config`), so a flag left unset falls through to them.
 
-#[derive(clap::Args)]
-pub struct LeaderArgs {}
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
-pub async fn run(_args: LeaderArgs) -> anyhow::Result<()> {
-    anyhow::bail!("armada leader is not built yet")
+use armada_server::config::{self, ServerConfig, Sources};
+
+#[derive(clap::Args, Debug, Default)]
+pub struct LeaderArgs {
+    /// Configuration file (yaml, yml, toml or json); default: the first config.* found in
+    /// /etc/armada, /config, $HOME/.armada, the working directory.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub server: ServerFlags,
+}
+
+/// The server's dotted flags (SPEC §4); all optional so that layering works.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ServerFlags {
+    /// Root of everything the node persists [default: armada-data]
+    #[arg(long = "data-dir")]
+    pub data_dir: Option<String>,
+    /// Log level: error, warn, info, debug, trace [default: info]
+    #[arg(long = "log-level")]
+    pub log_level: Option<String>,
+    /// Log format: text or json [default: text]
+    #[arg(long = "log-format")]
+    pub log_format: Option<String>,
+    /// Client gRPC address (URL) [default: http://0.0.0.0:8443]
+    #[arg(long = "api.address")]
+    pub api_address: Option<String>,
+    /// Address advertised to clients in MemberList [default: http://127.0.0.1:8443]
+    #[arg(long = "api.advertise-address")]
+    pub api_advertise_address: Option<String>,
+    /// Metrics and health address [default: http://127.0.0.1:8079]
+    #[arg(long = "rest.address")]
+    pub rest_address: Option<String>,
+    /// Node id, 1.., unique in the cluster [default: 1]
+    #[arg(long = "raft.node-id")]
+    pub raft_node_id: Option<String>,
+    /// This node's intra-cluster address, host:port (required)
+    #[arg(long = "raft.address")]
+    pub raft_address: Option<String>,
+    /// Static initial membership `1=host:port,2=…`, the same on every node
+    #[arg(long = "raft.initial-members")]
+    pub raft_initial_members: Option<String>,
+    /// Raft tick in milliseconds [default: 50]
+    #[arg(long = "raft.rtt")]
+    pub raft_rtt: Option<String>,
+    /// Heartbeat interval in ticks [default: 2]
+    #[arg(long = "raft.heartbeat-rtt")]
+    pub raft_heartbeat_rtt: Option<String>,
+    /// Minimum election timeout in ticks [default: 20]
+    #[arg(long = "raft.election-rtt")]
+    pub raft_election_rtt: Option<String>,
+    /// Snapshot every N applied entries, 0 = never [default: 10000]
+    #[arg(long = "raft.snapshot-entries")]
+    pub raft_snapshot_entries: Option<String>,
+    /// Log entries kept after a snapshot, for follower clusters [default: 5000]
+    #[arg(long = "raft.compaction-overhead")]
+    pub raft_compaction_overhead: Option<String>,
+    /// Replication gRPC address (URL) [default: http://0.0.0.0:8444]
+    #[arg(long = "replication.address")]
+    pub replication_address: Option<String>,
+    /// Bearer token follower clusters present (empty = no check)
+    #[arg(long = "replication.token")]
+    pub replication_token: Option<String>,
+    /// Tables created at start-up if missing, comma separated
+    #[arg(long = "tables.names")]
+    pub tables_names: Option<String>,
+    /// Bearer token for the Tables API (empty = no check)
+    #[arg(long = "tables.token")]
+    pub tables_token: Option<String>,
+    /// Bearer token for the Maintenance API (empty = no check)
+    #[arg(long = "maintenance.token")]
+    pub maintenance_token: Option<String>,
+}
+
+impl ServerFlags {
+    /// The flags that were given, by dotted key.
+    pub fn given(&self) -> BTreeMap<String, String> {
+        let pairs = [
+            ("data-dir", &self.data_dir),
+            ("log-level", &self.log_level),
+            ("log-format", &self.log_format),
+            ("api.address", &self.api_address),
+            ("api.advertise-address", &self.api_advertise_address),
+            ("rest.address", &self.rest_address),
+            ("raft.node-id", &self.raft_node_id),
+            ("raft.address", &self.raft_address),
+            ("raft.initial-members", &self.raft_initial_members),
+            ("raft.rtt", &self.raft_rtt),
+            ("raft.heartbeat-rtt", &self.raft_heartbeat_rtt),
+            ("raft.election-rtt", &self.raft_election_rtt),
+            ("raft.snapshot-entries", &self.raft_snapshot_entries),
+            ("raft.compaction-overhead", &self.raft_compaction_overhead),
+            ("replication.address", &self.replication_address),
+            ("replication.token", &self.replication_token),
+            ("tables.names", &self.tables_names),
+            ("tables.token", &self.tables_token),
+            ("maintenance.token", &self.maintenance_token),
+        ];
+        debug_assert_eq!(pairs.len(), config::KEYS.len());
+        pairs
+            .into_iter()
+            .filter_map(|(key, value)| value.as_ref().map(|value| (key.to_string(), value.clone())))
+            .collect()
+    }
+}
+
+/// Resolves the configuration from the file, the environment and the given flags.
+pub fn resolve(
+    config_file: Option<PathBuf>,
+    flags: &ServerFlags,
+    base: ServerConfig,
+) -> anyhow::Result<ServerConfig> {
+    config::load(
+        Sources {
+            file: config_file,
+            environment: std::env::vars().collect(),
+            flags: flags.given(),
+        },
+        base,
+    )
+    .map_err(anyhow::Error::msg)
+}
+
+/// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).
+pub async fn termination() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
+
+pub async fn run(args: LeaderArgs) -> anyhow::Result<()> {
+    let config = resolve(args.config, &args.server, ServerConfig::default())?;
+    armada_server::telemetry::init_logging(&config.log_level, &config.log_format);
+    armada_server::server::run(config, termination(), |_| {}).await
 }

@@ -1,1 +1,13 @@
+//! Armada's server: the node, its Raft groups, the catalog, the gRPC services, configuration
+//! and telemetry. See docs/architecture.md for how the parts fit.
 
+pub mod address;
+pub mod api;
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod groups;
+pub mod node;
+pub mod rest;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,142 @@
+//! `regatta.v1.Cluster`: MemberList and Status. Problems with one table are listed in
+//! `errors`, never thrown; the configuration is returned flat with secrets redacted.
+
+use openraft::async_runtime::WatchReceiver;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use armada_proto::regatta::v1::cluster_server::Cluster;
+use armada_proto::regatta::v1::{
+    Member, MemberListRequest, MemberListResponse, StatusRequest, StatusResponse, TableStatus,
+};
+use tonic::{Request, Response, Status};
+
+use super::metered;
+use crate::error::ApiError;
+use crate::node::Node;
+
+const SERVICE: &str = "regatta.v1.Cluster";
+
+pub struct ClusterService {
+    node: Arc<Node>,
+}
+
+impl ClusterService {
+    pub fn new(node: Arc<Node>) -> Self {
+        ClusterService { node }
+    }
+
+    fn status_inner(&self, request: StatusRequest) -> Result<StatusResponse, ApiError> {
+        let mut tables = std::collections::HashMap::new();
+        let mut errors = Vec::new();
+        for (name, group) in self.node.table_groups().iter() {
+            let metrics = group.raft.metrics();
+            let metrics = metrics.borrow_watched().clone();
+            let view = group.table.read_view();
+            let content_hash = match view.content_hash() {
+                Ok(hash) => hash,
+                Err(error) => {
+                    errors.push(format!("{name}: {error}"));
+                    String::new()
+                }
+            };
+            let position = view.position();
+            tables.insert(
+                name.clone(),
+                TableStatus {
+                    log_size: i64::try_from(self.node.log_bytes(group.id)).unwrap_or(i64::MAX),
+                    db_size: i64::try_from(group.table.disk_bytes()).unwrap_or(i64::MAX),
+                    leader: metrics
+                        .current_leader
+                        .map(|id| id.to_string())
+                        .unwrap_or_default(),
+                    raft_index: metrics.last_log_index.unwrap_or(0),
+                    raft_term: metrics.current_term,
+                    raft_applied_index: position.log_index.get(),
+                    revision: position.revision.get(),
+                    shard_id: group.id.get(),
+                    content_hash,
+                },
+            );
+        }
+        for name in self.node.catalog_state().tables.keys() {
+            if !tables.contains_key(name) {
+                errors.push(format!("{name}: table group is not running on this node"));
+            }
+        }
+        let config = request
+            .config
+            .then(|| to_struct(self.node.config.flat_redacted()));
+        Ok(StatusResponse {
+            id: self.node.node_id.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            info: String::new(),
+            tables,
+            config,
+            errors,
+        })
+    }
+}
+
+fn to_struct(flat: BTreeMap<String, serde_json::Value>) -> prost_types::Struct {
+    use prost_types::value::Kind;
+    let fields = flat
+        .into_iter()
+        .map(|(key, value)| {
+            let kind = match value {
+                serde_json::Value::Null => Kind::NullValue(0),
+                serde_json::Value::Bool(b) => Kind::BoolValue(b),
+                serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+                serde_json::Value::String(s) => Kind::StringValue(s),
+                other => Kind::StringValue(other.to_string()),
+            };
+            (key, prost_types::Value { kind: Some(kind) })
+        })
+        .collect();
+    prost_types::Struct { fields }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn member_list(
+        &self,
+        _request: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
+        metered(SERVICE, "MemberList", async {
+            let members = self
+                .node
+                .config
+                .members()
+                .map_err(ApiError::Internal)?
+                .into_iter()
+                .map(|(id, raft_address)| Member {
+                    id: id.to_string(),
+                    name: format!("node-{id}"),
+                    peer_ur_ls: vec![raft_address],
+                    client_ur_ls: if id == self.node.node_id.get() {
+                        vec![self.node.config.api.advertise_address.clone()]
+                    } else {
+                        Vec::new()
+                    },
+                })
+                .collect();
+            Ok(MemberListResponse {
+                cluster: "default".into(),
+                members,
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        metered(SERVICE, "Status", async {
+            self.status_inner(request.into_inner())
+        })
+        .await
+        .map(Response::new)
+    }
+}

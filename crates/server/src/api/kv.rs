@@ -1,0 +1,321 @@
+//! `regatta.v1.KV`: Range, IterateRange, Put, DeleteRange, Txn.
+//!
+//! Writes become one `mvcc.v1.Command` proposed to the table's Raft group; the answer comes
+//! from applying it. Reads open a point-in-time view of the local replica; with
+//! `linearizable=true` a ReadIndex round confirms leadership first and waits until the
+//! replica has applied up to it. Read-only transactions are linearizable reads, never logged.
+
+use std::sync::Arc;
+
+use armada_proto::regatta::v1::kv_server::Kv;
+use armada_proto::regatta::v1::{
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    TxnRequest, TxnResponse,
+};
+use armada_table::{RangeEnd, RangeQuery, ReadView, pb};
+use bytes::Bytes;
+use prost::Message;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{deadline, header, metered, validate};
+use crate::error::ApiError;
+use crate::groups::types::{self, Response as RaftResponse};
+use crate::node::{Node, TableGroup};
+
+const SERVICE: &str = "regatta.v1.KV";
+
+pub struct KvService {
+    node: Arc<Node>,
+}
+
+impl KvService {
+    pub fn new(node: Arc<Node>) -> Self {
+        KvService { node }
+    }
+
+    /// A view of the table that reflects every write acknowledged before the call when
+    /// `linearizable` is set.
+    async fn read_view(
+        &self,
+        group: &TableGroup,
+        linearizable: bool,
+        deadline: tokio::time::Instant,
+    ) -> Result<ReadView, ApiError> {
+        if linearizable {
+            tokio::time::timeout_at(
+                deadline,
+                group
+                    .raft
+                    .ensure_linearizable(openraft::ReadPolicy::ReadIndex),
+            )
+            .await
+            .map_err(|_| ApiError::DeadlineExceeded)?
+            .map_err(ApiError::from_raft_read)?;
+        }
+        Ok(group.table.read_view())
+    }
+
+    async fn propose(
+        &self,
+        group: &TableGroup,
+        command: pb::Command,
+        deadline: tokio::time::Instant,
+    ) -> Result<(pb::CommandResult, bool), ApiError> {
+        let request = types::Request(Bytes::from(command.encode_to_vec()));
+        let response = tokio::time::timeout_at(deadline, group.raft.client_write(request))
+            .await
+            .map_err(|_| ApiError::DeadlineExceeded)?
+            .map_err(ApiError::from_raft_write)?;
+        match response.data {
+            RaftResponse::Table { result, succeeded } => Ok((result, succeeded)),
+            RaftResponse::Rejected(message) => Err(ApiError::InvalidArgument(message)),
+            other => Err(ApiError::Internal(format!(
+                "unexpected apply response {other:?}"
+            ))),
+        }
+    }
+
+    async fn range_inner(&self, request: Request<RangeRequest>) -> Result<RangeResponse, ApiError> {
+        let deadline = deadline(&request);
+        let request = request.into_inner();
+        let query = validate::range_request(&request)?;
+        let group = self.node.table(&validate::table(&request.table)?).await?;
+        let view = self
+            .read_view(&group, request.linearizable, deadline)
+            .await?;
+        let revision = view.position().revision.get();
+        let outcome = if query.range_end == RangeEnd::Single {
+            view.range(&query)
+        } else {
+            tokio::task::spawn_blocking(move || view.range(&query))
+                .await
+                .map_err(|error| ApiError::Internal(error.to_string()))?
+        }
+        .map_err(ApiError::from_table)?;
+        Ok(RangeResponse {
+            header: Some(header(&self.node, &group, revision)),
+            kvs: outcome.kvs,
+            more: outcome.more,
+            count: outcome.count,
+        })
+    }
+
+    async fn put_inner(&self, request: Request<PutRequest>) -> Result<PutResponse, ApiError> {
+        let deadline = deadline(&request);
+        let request = request.into_inner();
+        let table = validate::table(&request.table)?;
+        validate::key("key", &request.key)?;
+        validate::value("value", &request.value)?;
+        let group = self.node.table(&table).await?;
+        let command = pb::Command {
+            table: request.table,
+            r#type: pb::command::CommandType::Put as i32,
+            kv: Some(pb::KeyValue {
+                key: request.key,
+                value: request.value,
+                ..Default::default()
+            }),
+            prev_kvs: request.prev_kv,
+            ..Default::default()
+        };
+        let (result, _) = self.propose(&group, command, deadline).await?;
+        let prev_kv = result
+            .responses
+            .into_iter()
+            .next()
+            .and_then(|op| match op.response {
+                Some(pb::response_op::Response::ResponsePut(put)) => put.prev_kv,
+                _ => None,
+            });
+        Ok(PutResponse {
+            header: Some(header(&self.node, &group, result.revision)),
+            prev_kv,
+        })
+    }
+
+    async fn delete_range_inner(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<DeleteRangeResponse, ApiError> {
+        let deadline = deadline(&request);
+        let request = request.into_inner();
+        let table = validate::table(&request.table)?;
+        validate::key("key", &request.key)?;
+        let range_end = validate::range_end("range_end", &request.range_end)?;
+        let group = self.node.table(&table).await?;
+        let command = pb::Command {
+            table: request.table,
+            r#type: pb::command::CommandType::Delete as i32,
+            kv: Some(pb::KeyValue {
+                key: request.key,
+                ..Default::default()
+            }),
+            range_end: match range_end {
+                RangeEnd::Single => None,
+                _ => Some(request.range_end),
+            },
+            prev_kvs: request.prev_kv,
+            count: true,
+            ..Default::default()
+        };
+        let (result, _) = self.propose(&group, command, deadline).await?;
+        let (deleted, prev_kvs) = match result
+            .responses
+            .into_iter()
+            .next()
+            .and_then(|op| op.response)
+        {
+            Some(pb::response_op::Response::ResponseDeleteRange(delete)) => {
+                (delete.deleted, delete.prev_kvs)
+            }
+            _ => (0, Vec::new()),
+        };
+        Ok(DeleteRangeResponse {
+            header: Some(header(&self.node, &group, result.revision)),
+            deleted,
+            prev_kvs,
+        })
+    }
+
+    async fn txn_inner(&self, request: Request<TxnRequest>) -> Result<TxnResponse, ApiError> {
+        let deadline = deadline(&request);
+        let request = request.into_inner();
+        validate::txn(&request)?;
+        let group = self.node.table(&validate::table(&request.table)?).await?;
+        let txn = pb::Txn {
+            compare: request.compare,
+            success: request.success,
+            failure: request.failure,
+        };
+        if validate::txn_is_read_only_ops(&txn) {
+            let view = self.read_view(&group, true, deadline).await?;
+            let revision = view.position().revision.get();
+            let outcome = tokio::task::spawn_blocking(move || view.txn_read_only(&txn))
+                .await
+                .map_err(|error| ApiError::Internal(error.to_string()))?
+                .map_err(ApiError::from_table)?;
+            return Ok(TxnResponse {
+                header: Some(header(&self.node, &group, revision)),
+                succeeded: outcome.succeeded,
+                responses: outcome.responses,
+            });
+        }
+        let command = pb::Command {
+            table: request.table,
+            r#type: pb::command::CommandType::Txn as i32,
+            txn: Some(txn),
+            ..Default::default()
+        };
+        let (result, succeeded) = self.propose(&group, command, deadline).await?;
+        Ok(TxnResponse {
+            header: Some(header(&self.node, &group, result.revision)),
+            succeeded,
+            responses: result.responses,
+        })
+    }
+
+    async fn iterate_inner(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<ReceiverStream<Result<RangeResponse, Status>>, ApiError> {
+        let deadline = deadline(&request);
+        let request = request.into_inner();
+        let query = validate::range_request(&request)?;
+        let group = self.node.table(&validate::table(&request.table)?).await?;
+        let view = self
+            .read_view(&group, request.linearizable, deadline)
+            .await?;
+        let header = header(&self.node, &group, view.position().revision.get());
+        let (sender, receiver) = tokio::sync::mpsc::channel(2);
+        tokio::task::spawn_blocking(move || stream_chunks(view, query, header, sender));
+        Ok(ReceiverStream::new(receiver))
+    }
+}
+
+/// Sends one point-in-time view of the range as messages below the response cap: `more` on
+/// all but the last (and on the last when `limit` stopped the stream with keys left).
+fn stream_chunks(
+    view: ReadView,
+    mut query: RangeQuery,
+    header: armada_proto::regatta::v1::ResponseHeader,
+    sender: tokio::sync::mpsc::Sender<Result<RangeResponse, Status>>,
+) {
+    let limit = query.limit;
+    let mut sent: u64 = 0;
+    let mut after: Option<Bytes> = None;
+    loop {
+        if limit > 0 {
+            query.limit = limit - sent;
+        }
+        let outcome = match view.range_after(&query, after.as_deref()) {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                let _ = sender.blocking_send(Err(ApiError::from_table(error).into()));
+                return;
+            }
+        };
+        let returned = outcome.kvs.len() as u64;
+        sent += returned;
+        let limit_reached = limit > 0 && sent >= limit;
+        let last_key = outcome.kvs.last().map(|kv| kv.key.clone());
+        let continues = outcome.more && !limit_reached && last_key.is_some() && !query.count_only;
+        let message = RangeResponse {
+            header: Some(header.clone()),
+            kvs: outcome.kvs,
+            more: outcome.more,
+            count: outcome.count,
+        };
+        if sender.blocking_send(Ok(message)).is_err() {
+            return; // the client went away
+        }
+        if !continues {
+            return;
+        }
+        after = last_key;
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
+        metered(SERVICE, "Range", self.range_inner(request))
+            .await
+            .map(Response::new)
+    }
+
+    type IterateRangeStream = ReceiverStream<Result<RangeResponse, Status>>;
+
+    async fn iterate_range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<Self::IterateRangeStream>, Status> {
+        metered(SERVICE, "IterateRange", self.iterate_inner(request))
+            .await
+            .map(Response::new)
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        metered(SERVICE, "Put", self.put_inner(request))
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        metered(SERVICE, "DeleteRange", self.delete_range_inner(request))
+            .await
+            .map(Response::new)
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        metered(SERVICE, "Txn", self.txn_inner(request))
+            .await
+            .map(Response::new)
+    }
+}

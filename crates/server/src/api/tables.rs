@@ -1,0 +1,90 @@
+//! `regatta.v1.Tables`: Create, Delete, List — through the catalog Raft group.
+//! With `--tables.token` set every call needs `authorization: Bearer <token>`.
+
+use std::sync::Arc;
+
+use armada_proto::regatta::v1::tables_server::Tables;
+use armada_proto::regatta::v1::{
+    CreateTableRequest, CreateTableResponse, DeleteTableRequest, DeleteTableResponse,
+    ListTablesRequest, ListTablesResponse, TableInfo,
+};
+use tonic::{Request, Response, Status};
+
+use super::{check_token, deadline, metered, validate};
+use crate::error::ApiError;
+use crate::node::Node;
+
+const SERVICE: &str = "regatta.v1.Tables";
+
+pub struct TablesService {
+    node: Arc<Node>,
+}
+
+impl TablesService {
+    pub fn new(node: Arc<Node>) -> Self {
+        TablesService { node }
+    }
+
+    fn token(&self) -> &str {
+        &self.node.config.tables.token
+    }
+}
+
+#[tonic::async_trait]
+impl Tables for TablesService {
+    async fn create(
+        &self,
+        request: Request<CreateTableRequest>,
+    ) -> Result<Response<CreateTableResponse>, Status> {
+        metered(SERVICE, "Create", async {
+            check_token(&request, self.token())?;
+            let deadline = deadline(&request);
+            let name = request.into_inner().name;
+            validate::new_table_name(&name)?;
+            let id = self.node.create_table(&name, deadline).await?;
+            Ok(CreateTableResponse { id: id.to_string() })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteTableRequest>,
+    ) -> Result<Response<DeleteTableResponse>, Status> {
+        metered(SERVICE, "Delete", async {
+            check_token(&request, self.token())?;
+            let name = request.into_inner().name;
+            if name.is_empty() {
+                return Err(ApiError::invalid("name must be set"));
+            }
+            self.node.delete_table(&name).await?;
+            Ok(DeleteTableResponse {})
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn list(
+        &self,
+        request: Request<ListTablesRequest>,
+    ) -> Result<Response<ListTablesResponse>, Status> {
+        metered(SERVICE, "List", async {
+            check_token(&request, self.token())?;
+            let catalog = self.node.catalog_state();
+            Ok(ListTablesResponse {
+                tables: catalog
+                    .tables
+                    .values()
+                    .map(|record| TableInfo {
+                        name: record.name.clone(),
+                        id: record.id.to_string(),
+                        config: None,
+                    })
+                    .collect(),
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+}

@@ -1,0 +1,286 @@
+//! The catalog: the cluster's table registry, replicated by its own Raft group
+//! ([`armada_storage::CATALOG_GROUP`]).
+//!
+//! State is a small sorted map `name → TableRecord` plus the id sequence. It is persisted as a
+//! single JSON record together with the applied Raft state, so data and position can never
+//! disagree. Every change is published on a `watch` channel; the node reconciles its running
+//! table groups from it at once (no polling interval).
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use armada_storage::{FIRST_TABLE_ID, Storage, TableId};
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::groups::snapshot_store::SnapshotStore;
+use crate::groups::types::{
+    LogId, RaftAppliedState, Response, SnapshotMeta, StoredMembership, TypeConfig,
+};
+
+/// A command of the catalog group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CatalogCommand {
+    CreateTable { name: String },
+    DeleteTable { name: String },
+}
+
+/// The answer to a catalog command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CatalogOutcome {
+    Created { id: TableIdWire },
+    AlreadyExists { id: TableIdWire },
+    Deleted { id: TableIdWire },
+    NotFound,
+}
+
+/// `TableId` as it appears in catalog JSON.
+pub type TableIdWire = u64;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableRecord {
+    pub name: String,
+    pub id: TableIdWire,
+}
+
+impl TableRecord {
+    pub fn table_id(&self) -> TableId {
+        TableId(self.id)
+    }
+}
+
+/// The registry as of one applied catalog entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogState {
+    pub tables: BTreeMap<String, TableRecord>,
+    /// The last id handed out (0 = none yet).
+    pub last_table_id: u64,
+}
+
+impl CatalogState {
+    fn apply(&mut self, command: &CatalogCommand) -> CatalogOutcome {
+        match command {
+            CatalogCommand::CreateTable { name } => {
+                if let Some(existing) = self.tables.get(name) {
+                    return CatalogOutcome::AlreadyExists { id: existing.id };
+                }
+                let id = self.last_table_id.max(FIRST_TABLE_ID.get() - 1) + 1;
+                self.last_table_id = id;
+                self.tables.insert(
+                    name.clone(),
+                    TableRecord {
+                        name: name.clone(),
+                        id,
+                    },
+                );
+                CatalogOutcome::Created { id }
+            }
+            CatalogCommand::DeleteTable { name } => match self.tables.remove(name) {
+                Some(record) => CatalogOutcome::Deleted { id: record.id },
+                None => CatalogOutcome::NotFound,
+            },
+        }
+    }
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct PersistedCatalog {
+    state: CatalogState,
+    raft: RaftAppliedState,
+}
+
+const RECORD_KEY: &[u8] = b"catalog";
+
+/// The catalog group's state machine.
+#[derive(Clone)]
+pub struct CatalogStateMachine {
+    keyspace: armada_storage::fjall::Keyspace,
+    current: Arc<tokio::sync::Mutex<PersistedCatalog>>,
+    published: Arc<watch::Sender<Arc<CatalogState>>>,
+    snapshots: SnapshotStore,
+}
+
+impl CatalogStateMachine {
+    pub fn open(storage: &Storage, snapshots: SnapshotStore) -> io::Result<Self> {
+        let keyspace = storage.keyspace("catalog").map_err(io::Error::other)?;
+        let persisted: PersistedCatalog =
+            match keyspace.get(RECORD_KEY).map_err(io::Error::other)? {
+                Some(bytes) => serde_json::from_slice(&bytes)
+                    .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?,
+                None => PersistedCatalog::default(),
+            };
+        let (published, _) = watch::channel(Arc::new(persisted.state.clone()));
+        Ok(CatalogStateMachine {
+            keyspace,
+            current: Arc::new(tokio::sync::Mutex::new(persisted)),
+            published: Arc::new(published),
+            snapshots,
+        })
+    }
+
+    /// Follows every change of the registry.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<CatalogState>> {
+        self.published.subscribe()
+    }
+
+    fn persist(&self, persisted: &PersistedCatalog) -> io::Result<()> {
+        let bytes = serde_json::to_vec(persisted).map_err(io::Error::other)?;
+        self.keyspace
+            .insert(RECORD_KEY, bytes)
+            .map_err(io::Error::other)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for CatalogStateMachine {
+    type SnapshotData = std::fs::File;
+
+    async fn build_snapshot(
+        &mut self,
+    ) -> Result<openraft::alias::SnapshotOf<TypeConfig, std::fs::File>, io::Error> {
+        let current = self.current.lock().await;
+        let meta = SnapshotMeta {
+            last_log_id: current.raft.last_applied.clone(),
+            last_membership: current.raft.last_membership.clone(),
+        };
+        let bytes = serde_json::to_vec(&current.state).map_err(io::Error::other)?;
+        drop(current);
+        let snapshots = self.snapshots.clone();
+        let meta_for_write = meta.clone();
+        let file = tokio::task::spawn_blocking(move || {
+            snapshots.save(&meta_for_write, |out: &mut dyn Write| out.write_all(&bytes))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        Ok(openraft::alias::SnapshotOf::<TypeConfig, std::fs::File> {
+            meta,
+            snapshot: file,
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for CatalogStateMachine {
+    type SnapshotData = std::fs::File;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let current = self.current.lock().await;
+        Ok((
+            current.raft.last_applied.clone(),
+            current.raft.last_membership.clone(),
+        ))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut current = self.current.lock().await;
+        let mut responders = Vec::new();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            current.raft.last_applied = Some(entry.log_id.clone());
+            let response = match &entry.payload {
+                EntryPayload::Blank => Response::Empty,
+                EntryPayload::Normal(request) => {
+                    match serde_json::from_slice::<CatalogCommand>(&request.0) {
+                        Ok(command) => Response::Catalog(current.state.apply(&command)),
+                        Err(error) => {
+                            Response::Rejected(format!("undecodable catalog command: {error}"))
+                        }
+                    }
+                }
+                EntryPayload::Membership(membership) => {
+                    current.raft.last_membership =
+                        StoredMembership::new(Some(entry.log_id.clone()), membership.clone());
+                    Response::Empty
+                }
+            };
+            responders.push((responder, response));
+        }
+        self.persist(&current)?;
+        self.published.send_replace(Arc::new(current.state.clone()));
+        drop(current);
+        for (responder, response) in responders {
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        mut snapshot: std::fs::File,
+    ) -> Result<(), io::Error> {
+        let mut bytes = Vec::new();
+        snapshot.read_to_end(&mut bytes)?;
+        let state: CatalogState = serde_json::from_slice(&bytes)
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+        let mut current = self.current.lock().await;
+        current.state = state;
+        current.raft = RaftAppliedState {
+            last_applied: meta.last_log_id.clone(),
+            last_membership: meta.last_membership.clone(),
+        };
+        self.persist(&current)?;
+        self.published.send_replace(Arc::new(current.state.clone()));
+        let snapshots = self.snapshots.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || {
+            snapshots.save(&meta, |out: &mut dyn Write| out.write_all(&bytes))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<openraft::alias::SnapshotOf<TypeConfig, std::fs::File>>, io::Error> {
+        self.snapshots.current()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_assigns_increasing_ids_and_rejects_duplicates() {
+        let mut state = CatalogState::default();
+        let create = |name: &str| CatalogCommand::CreateTable { name: name.into() };
+        assert_eq!(
+            state.apply(&create("a")),
+            CatalogOutcome::Created { id: 10001 }
+        );
+        assert_eq!(
+            state.apply(&create("b")),
+            CatalogOutcome::Created { id: 10002 }
+        );
+        assert_eq!(
+            state.apply(&create("a")),
+            CatalogOutcome::AlreadyExists { id: 10001 }
+        );
+        assert_eq!(
+            state.apply(&CatalogCommand::DeleteTable { name: "a".into() }),
+            CatalogOutcome::Deleted { id: 10001 }
+        );
+        assert_eq!(
+            state.apply(&CatalogCommand::DeleteTable { name: "a".into() }),
+            CatalogOutcome::NotFound
+        );
+        // A re-created table never reuses an id: replicas can tell it from the old one.
+        assert_eq!(
+            state.apply(&create("a")),
+            CatalogOutcome::Created { id: 10003 }
+        );
+    }
+}

@@ -1,0 +1,504 @@
+//! Server configuration: layered (defaults < config file < environment < flags) with figment.
+//!
+//! Every option has one dotted key (`api.address`, `raft.node-id`, …). The same key is a flag
+//! (`--api.address`), a nested key in `config.{yaml,yml,toml,json}`, and an environment
+//! variable (upper-cased, `.` and `-` as `_`: `API_ADDRESS`). Unknown keys in a file and
+//! values of the wrong type fail start-up with a message naming the key and where it came from.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Format, Json, Serialized, Toml, Yaml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Root of everything the node persists.
+    pub data_dir: PathBuf,
+    pub log_level: String,
+    /// `text` or `json`.
+    pub log_format: String,
+    pub api: ApiConfig,
+    pub rest: RestConfig,
+    pub raft: RaftSettings,
+    pub replication: ReplicationConfig,
+    pub tables: TablesConfig,
+    pub maintenance: MaintenanceConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub address: String,
+    pub advertise_address: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct RestConfig {
+    pub address: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct RaftSettings {
+    pub node_id: u64,
+    /// This node's intra-cluster address, `host:port`.
+    pub address: String,
+    /// `1=host:port,2=host:port,…`; the same on every node.
+    pub initial_members: String,
+    /// One logical tick in milliseconds.
+    pub rtt: u64,
+    pub heartbeat_rtt: u64,
+    pub election_rtt: u64,
+    pub snapshot_entries: u64,
+    pub compaction_overhead: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    pub address: String,
+    pub token: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct TablesConfig {
+    /// Comma-separated tables created at start-up if missing.
+    pub names: String,
+    pub token: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct MaintenanceConfig {
+    pub token: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            data_dir: PathBuf::from("armada-data"),
+            log_level: "info".into(),
+            log_format: "text".into(),
+            api: ApiConfig::default(),
+            rest: RestConfig::default(),
+            raft: RaftSettings::default(),
+            replication: ReplicationConfig::default(),
+            tables: TablesConfig::default(),
+            maintenance: MaintenanceConfig::default(),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            address: "http://0.0.0.0:8443".into(),
+            advertise_address: "http://127.0.0.1:8443".into(),
+        }
+    }
+}
+
+impl Default for RestConfig {
+    fn default() -> Self {
+        RestConfig {
+            address: "http://127.0.0.1:8079".into(),
+        }
+    }
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            node_id: 1,
+            address: String::new(),
+            initial_members: String::new(),
+            rtt: 50,
+            heartbeat_rtt: 2,
+            election_rtt: 20,
+            snapshot_entries: 10_000,
+            compaction_overhead: 5_000,
+        }
+    }
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            address: "http://0.0.0.0:8444".into(),
+            token: String::new(),
+        }
+    }
+}
+
+/// Every dotted key, for the environment mapping and for `Status` (flat config map).
+pub const KEYS: &[&str] = &[
+    "data-dir",
+    "log-level",
+    "log-format",
+    "api.address",
+    "api.advertise-address",
+    "rest.address",
+    "raft.node-id",
+    "raft.address",
+    "raft.initial-members",
+    "raft.rtt",
+    "raft.heartbeat-rtt",
+    "raft.election-rtt",
+    "raft.snapshot-entries",
+    "raft.compaction-overhead",
+    "replication.address",
+    "replication.token",
+    "tables.names",
+    "tables.token",
+    "maintenance.token",
+];
+
+/// Keys whose values are secrets: never logged, redacted in `Status`.
+pub const SECRET_KEYS: &[&str] = &["replication.token", "tables.token", "maintenance.token"];
+
+pub const REDACTED: &str = "**********";
+
+/// The environment variable of a dotted key: `raft.node-id` → `RAFT_NODE_ID`.
+pub fn env_var_name(key: &str) -> String {
+    key.to_ascii_uppercase().replace(['.', '-'], "_")
+}
+
+/// One named source of a few values (a flag, an environment variable), so that errors say
+/// exactly where a bad value came from.
+struct NamedValue {
+    source: String,
+    key: String,
+    value: Value,
+}
+
+impl Provider for NamedValue {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.source.clone())
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Serialized::global(&self.key, &self.value).data()
+    }
+}
+
+/// Where the configuration comes from, lowest priority first after the defaults.
+pub struct Sources {
+    /// `--config PATH`, else the first `config.*` found in the search path.
+    pub file: Option<PathBuf>,
+    /// The process environment (injected for tests).
+    pub environment: BTreeMap<String, String>,
+    /// Flags given on the command line: dotted key → raw value.
+    pub flags: BTreeMap<String, String>,
+}
+
+const SEARCH_DIRS: &[&str] = &["/etc/armada", "/config"];
+
+fn find_config_file() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = SEARCH_DIRS.iter().map(PathBuf::from).collect();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&home).join(".armada"));
+    }
+    dirs.push(PathBuf::from("."));
+    for dir in dirs {
+        for extension in ["yaml", "yml", "toml", "json"] {
+            let candidate = dir.join(format!("config.{extension}"));
+            if candidate.is_file() {
+                return Some(candidate);
+            }
+        }
+    }
+    None
+}
+
+/// Resolves the configuration from all layers and checks it.
+pub fn load(sources: Sources, base: ServerConfig) -> Result<ServerConfig, String> {
+    let mut figment = Figment::from(Serialized::defaults(base));
+    let file = sources.file.or_else(find_config_file);
+    if let Some(path) = &file {
+        if !path.is_file() {
+            return Err(format!("config file {} does not exist", path.display()));
+        }
+        figment = match path.extension().and_then(|e| e.to_str()) {
+            Some("yaml" | "yml") => figment.merge(Yaml::file_exact(path)),
+            Some("toml") => figment.merge(Toml::file_exact(path)),
+            Some("json") => figment.merge(Json::file_exact(path)),
+            _ => {
+                return Err(format!(
+                    "config file {} must end in .yaml, .yml, .toml or .json",
+                    path.display()
+                ));
+            }
+        };
+    }
+    for key in KEYS {
+        let name = env_var_name(key);
+        if let Some(raw) = sources.environment.get(&name) {
+            figment = figment.merge(NamedValue {
+                source: format!("environment variable {name}"),
+                key: (*key).to_string(),
+                value: parse_value(key, raw),
+            });
+        }
+    }
+    for (key, raw) in &sources.flags {
+        figment = figment.merge(NamedValue {
+            source: format!("flag --{key}"),
+            key: key.clone(),
+            value: parse_value(key, raw),
+        });
+    }
+    let config: ServerConfig = figment.extract().map_err(describe_error)?;
+    config.check()?;
+    Ok(config)
+}
+
+/// String-typed keys stay strings ("007" is a token, not a number); others parse leniently.
+fn parse_value(key: &str, raw: &str) -> Value {
+    const NUMERIC: &[&str] = &[
+        "raft.node-id",
+        "raft.rtt",
+        "raft.heartbeat-rtt",
+        "raft.election-rtt",
+        "raft.snapshot-entries",
+        "raft.compaction-overhead",
+    ];
+    if NUMERIC.contains(&key) {
+        raw.parse::<Value>()
+            .unwrap_or_else(|_| Value::from(raw.to_string()))
+    } else {
+        Value::from(raw.to_string())
+    }
+}
+
+fn describe_error(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|error| {
+            let key = error.path.join(".");
+            let source = error
+                .metadata
+                .as_ref()
+                .map(|metadata| match &metadata.source {
+                    Some(source) => format!("{} ({source})", metadata.name),
+                    None => metadata.name.to_string(),
+                })
+                .unwrap_or_else(|| "configuration".into());
+            if key.is_empty() {
+                format!("invalid configuration in {source}: {}", error.kind)
+            } else {
+                format!(
+                    "invalid configuration key `{key}` in {source}: {}",
+                    error.kind
+                )
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ServerConfig {
+    fn check(&self) -> Result<(), String> {
+        if self.raft.node_id == 0 {
+            return Err("invalid configuration key `raft.node-id`: must be 1 or more".into());
+        }
+        if self.raft.rtt == 0
+            || self.raft.heartbeat_rtt == 0
+            || self.raft.election_rtt <= self.raft.heartbeat_rtt
+        {
+            return Err("invalid configuration: `raft.rtt` and `raft.heartbeat-rtt` must be positive and `raft.election-rtt` greater than `raft.heartbeat-rtt`".into());
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(format!(
+                "invalid configuration key `log-format`: `{}` is not `text` or `json`",
+                self.log_format
+            ));
+        }
+        if self.raft.address.is_empty() {
+            return Err("invalid configuration key `raft.address`: must be set (host:port)".into());
+        }
+        self.members()?;
+        for (key, value) in [
+            ("api.address", &self.api.address),
+            ("rest.address", &self.rest.address),
+            ("replication.address", &self.replication.address),
+        ] {
+            crate::address::ListenAddress::parse(value)
+                .map_err(|error| format!("invalid configuration key `{key}`: {error}"))?;
+        }
+        Ok(())
+    }
+
+    /// The static initial membership: node id → raft address. Empty means "just this node".
+    pub fn members(&self) -> Result<BTreeMap<u64, String>, String> {
+        let mut members = BTreeMap::new();
+        if self.raft.initial_members.trim().is_empty() {
+            members.insert(self.raft.node_id, self.raft.address.clone());
+            return Ok(members);
+        }
+        for part in self.raft.initial_members.split(',') {
+            let (id, address) = part.trim().split_once('=').ok_or_else(|| {
+                format!("invalid configuration key `raft.initial-members`: `{part}` is not `id=host:port`")
+            })?;
+            let id: u64 = id.trim().parse().map_err(|_| {
+                format!("invalid configuration key `raft.initial-members`: `{id}` is not a node id")
+            })?;
+            if id == 0 || members.insert(id, address.trim().to_string()).is_some() {
+                return Err(format!(
+                    "invalid configuration key `raft.initial-members`: node id {id} is zero or repeated"
+                ));
+            }
+        }
+        if !members.contains_key(&self.raft.node_id) {
+            return Err(format!(
+                "invalid configuration key `raft.initial-members`: it does not list this node ({})",
+                self.raft.node_id
+            ));
+        }
+        Ok(members)
+    }
+
+    /// The effective configuration as a flat map of dotted keys, secrets redacted.
+    pub fn flat_redacted(&self) -> BTreeMap<String, serde_json::Value> {
+        let mut out = BTreeMap::new();
+        let value = serde_json::to_value(self).unwrap_or_default();
+        flatten("", &value, &mut out);
+        for key in SECRET_KEYS {
+            if let Some(entry) = out.get_mut(*key) {
+                *entry = serde_json::Value::String(REDACTED.into());
+            }
+        }
+        out
+    }
+}
+
+fn flatten(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, serde_json::Value>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, inner) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                flatten(&path, inner, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(env: &[(&str, &str)], flags: &[(&str, &str)], file: Option<PathBuf>) -> Sources {
+        Sources {
+            file,
+            environment: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            flags: flags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn flags_beat_environment_beat_file_beat_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("config.yaml");
+        std::fs::write(
+            &file,
+            "raft:\n  address: 127.0.0.1:1\n  node-id: 3\napi:\n  address: http://127.0.0.1:9\n",
+        )
+        .expect("write");
+        let config = load(
+            sources(
+                &[
+                    ("RAFT_NODE_ID", "4"),
+                    ("API_ADDRESS", "http://127.0.0.1:10"),
+                ],
+                &[("api.address", "http://127.0.0.1:11")],
+                Some(file),
+            ),
+            ServerConfig::default(),
+        )
+        .expect("valid");
+        assert_eq!(config.raft.address, "127.0.0.1:1");
+        assert_eq!(config.raft.node_id, 4);
+        assert_eq!(config.api.address, "http://127.0.0.1:11");
+        assert_eq!(config.rest.address, "http://127.0.0.1:8079");
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys_name_the_key_and_source() {
+        let error = load(
+            sources(&[("RAFT_NODE_ID", "abc")], &[("raft.address", "a:1")], None),
+            ServerConfig::default(),
+        )
+        .expect_err("invalid");
+        assert!(
+            error.contains("raft.node-id") && error.contains("RAFT_NODE_ID"),
+            "{error}"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, "[raft]\naddress = \"a:1\"\nbogus = 1\n").expect("write");
+        let error =
+            load(sources(&[], &[], Some(file)), ServerConfig::default()).expect_err("unknown key");
+        assert!(error.contains("bogus"), "{error}");
+        let error = load(
+            sources(
+                &[],
+                &[("raft.address", "a:1"), ("api.address", "ftp://x")],
+                None,
+            ),
+            ServerConfig::default(),
+        )
+        .expect_err("bad scheme");
+        assert!(error.contains("api.address"), "{error}");
+    }
+
+    #[test]
+    fn members_parse_and_must_include_this_node() {
+        let mut config = ServerConfig::default();
+        config.raft.address = "127.0.0.1:5000".into();
+        assert_eq!(
+            config.members().expect("default"),
+            BTreeMap::from([(1, "127.0.0.1:5000".to_string())])
+        );
+        config.raft.initial_members = "1=a:1, 2=b:2".into();
+        assert_eq!(config.members().expect("two").len(), 2);
+        config.raft.initial_members = "2=b:2".into();
+        assert!(config.members().is_err());
+        config.raft.initial_members = "1=a:1,1=b:2".into();
+        assert!(config.members().is_err());
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_the_flat_map() {
+        let mut config = ServerConfig::default();
+        config.tables.token = "secret".into();
+        config.maintenance.token = "secret".into();
+        let flat = config.flat_redacted();
+        assert_eq!(flat["tables.token"], REDACTED);
+        assert_eq!(flat["maintenance.token"], REDACTED);
+        assert_eq!(flat["replication.token"], REDACTED);
+        assert_eq!(flat["api.address"], "http://0.0.0.0:8443");
+        assert!(
+            !serde_json::to_string(&flat)
+                .expect("json")
+                .contains("secret")
+        );
+    }
+}

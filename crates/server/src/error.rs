@@ -1,0 +1,152 @@
+//! Errors of the request path and their one mapping to gRPC status codes.
+
+use crate::groups::types::TypeConfig;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("table not found")]
+    TableNotFound,
+    #[error("table already exists")]
+    TableExists,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    OutOfRange(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Unimplemented(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ApiError::InvalidArgument(message.into())
+    }
+
+    /// A failed proposal. Leadership and shutdown problems are transient (`Unavailable`), so
+    /// clients retry them; a fatal Raft error means this replica stopped.
+    pub fn from_raft_write(
+        error: openraft::error::RaftError<
+            TypeConfig,
+            openraft::error::ClientWriteError<TypeConfig>,
+        >,
+    ) -> Self {
+        use openraft::error::{ClientWriteError, RaftError};
+        match error {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+                ApiError::Unavailable(format!(
+                    "not the Raft leader of this group (leader: {:?})",
+                    forward.leader_id
+                ))
+            }
+            RaftError::APIError(ClientWriteError::LogEntryDiscarded(error)) => {
+                ApiError::Unavailable(format!(
+                    "the write was discarded by a leader change, its outcome is unknown: {error}"
+                ))
+            }
+            RaftError::APIError(ClientWriteError::PreconditionFailed(error)) => {
+                ApiError::Unavailable(format!("Raft leadership changed: {error}"))
+            }
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(error)) => {
+                ApiError::FailedPrecondition(error.to_string())
+            }
+            RaftError::Fatal(fatal) => {
+                ApiError::Unavailable(format!("Raft group stopped: {fatal}"))
+            }
+        }
+    }
+
+    pub fn from_raft_read(
+        error: openraft::error::RaftError<
+            TypeConfig,
+            openraft::error::LinearizableReadError<TypeConfig>,
+        >,
+    ) -> Self {
+        use openraft::error::RaftError;
+        match error {
+            RaftError::APIError(error) => {
+                ApiError::Unavailable(format!("linearizable read failed: {error}"))
+            }
+            RaftError::Fatal(fatal) => {
+                ApiError::Unavailable(format!("Raft group stopped: {fatal}"))
+            }
+        }
+    }
+
+    pub fn from_table(error: armada_table::TableError) -> Self {
+        match error {
+            armada_table::TableError::Compacted { compact_revision } => {
+                ApiError::OutOfRange(format!(
+                    "revision has been compacted; the oldest readable revision is {compact_revision}"
+                ))
+            }
+            error @ armada_table::TableError::FutureRevision { .. } => {
+                ApiError::OutOfRange(error.to_string())
+            }
+            error @ armada_table::TableError::InvalidArgument(_) => {
+                ApiError::InvalidArgument(error.to_string())
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(error: ApiError) -> Self {
+        let message = error.to_string();
+        match error {
+            ApiError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
+            ApiError::TableNotFound | ApiError::NotFound(_) => tonic::Status::not_found(message),
+            ApiError::TableExists => tonic::Status::already_exists(message),
+            ApiError::Unavailable(_) => tonic::Status::unavailable(message),
+            ApiError::DeadlineExceeded => tonic::Status::deadline_exceeded(message),
+            ApiError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
+            ApiError::OutOfRange(_) => tonic::Status::out_of_range(message),
+            ApiError::Unauthenticated(_) => tonic::Status::unauthenticated(message),
+            ApiError::Unimplemented(_) => tonic::Status::unimplemented(message),
+            ApiError::Internal(_) => tonic::Status::internal(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_its_status_code() {
+        let cases = [
+            (
+                ApiError::invalid("key must be set"),
+                tonic::Code::InvalidArgument,
+            ),
+            (ApiError::TableNotFound, tonic::Code::NotFound),
+            (ApiError::TableExists, tonic::Code::AlreadyExists),
+            (ApiError::Unavailable("x".into()), tonic::Code::Unavailable),
+            (ApiError::DeadlineExceeded, tonic::Code::DeadlineExceeded),
+            (ApiError::OutOfRange("x".into()), tonic::Code::OutOfRange),
+            (
+                ApiError::Unauthenticated("x".into()),
+                tonic::Code::Unauthenticated,
+            ),
+            (
+                ApiError::Unimplemented("x".into()),
+                tonic::Code::Unimplemented,
+            ),
+            (ApiError::Internal("x".into()), tonic::Code::Internal),
+        ];
+        for (error, code) in cases {
+            assert_eq!(tonic::Status::from(error).code(), code);
+        }
+    }
+}

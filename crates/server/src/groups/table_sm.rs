@@ -1,0 +1,202 @@
+//! A table group's state machine: openraft's `RaftStateMachine` over [`armada_table::Table`].
+//!
+//! openraft hands entries in batches; each batch is applied in one storage write batch
+//! together with the applied position (the Raft log id and membership, stored as an opaque
+//! blob by the table), so a crash can never leave data and position apart. Revisions on the
+//! leader cluster are the entries' own log indices (`Revision::from_leader_cluster_log_index`).
+//! After each batch the applied revision is published for waiters (linearizable reads,
+//! read-your-writes).
+
+use std::io::{self, Seek, Write};
+
+use armada_storage::{LogIndex, Revision};
+use armada_table::{AppliedPosition, ApplyEntry, ApplyOutcome, Table, pb};
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use prost::Message;
+use tokio::sync::watch;
+
+use super::snapshot_store::SnapshotStore;
+use super::types::{LogId, RaftAppliedState, Response, SnapshotMeta, StoredMembership, TypeConfig};
+
+#[derive(Clone)]
+pub struct TableStateMachine {
+    table: Table,
+    applied: std::sync::Arc<watch::Sender<AppliedPosition>>,
+    snapshots: SnapshotStore,
+    /// Last applied membership, kept to stamp positions of batches that carry none.
+    membership: std::sync::Arc<std::sync::Mutex<StoredMembership>>,
+}
+
+impl TableStateMachine {
+    pub fn open(table: Table, snapshots: SnapshotStore) -> io::Result<Self> {
+        let position = table.applied_position().map_err(io::Error::other)?;
+        let raft_state = RaftAppliedState::decode(&position.raft_state)?;
+        let (applied, _) = watch::channel(position);
+        Ok(TableStateMachine {
+            table,
+            applied: std::sync::Arc::new(applied),
+            snapshots,
+            membership: std::sync::Arc::new(std::sync::Mutex::new(raft_state.last_membership)),
+        })
+    }
+
+    /// Follows the applied position of the table.
+    pub fn subscribe(&self) -> watch::Receiver<AppliedPosition> {
+        self.applied.subscribe()
+    }
+
+    fn current_membership(&self) -> StoredMembership {
+        self.membership
+            .lock()
+            .map(|guard| guard.clone())
+            .unwrap_or_default()
+    }
+}
+
+fn decode_command(bytes: &[u8]) -> Result<pb::Command, String> {
+    pb::Command::decode(bytes).map_err(|error| format!("undecodable command: {error}"))
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for TableStateMachine {
+    type SnapshotData = std::fs::File;
+
+    async fn build_snapshot(
+        &mut self,
+    ) -> Result<openraft::alias::SnapshotOf<TypeConfig, std::fs::File>, io::Error> {
+        let view = self.table.read_view();
+        let raft_state = RaftAppliedState::decode(&view.position().raft_state)?;
+        let meta = SnapshotMeta {
+            last_log_id: raft_state.last_applied,
+            last_membership: raft_state.last_membership,
+        };
+        let snapshots = self.snapshots.clone();
+        let meta_for_write = meta.clone();
+        let file = tokio::task::spawn_blocking(move || {
+            snapshots.save(&meta_for_write, |out: &mut dyn Write| {
+                view.write_snapshot(out).map_err(io::Error::other)
+            })
+        })
+        .await
+        .map_err(io::Error::other)??;
+        Ok(openraft::alias::SnapshotOf::<TypeConfig, std::fs::File> {
+            meta,
+            snapshot: file,
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for TableStateMachine {
+    type SnapshotData = std::fs::File;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let position = self.table.applied_position().map_err(io::Error::other)?;
+        let state = RaftAppliedState::decode(&position.raft_state)?;
+        Ok((state.last_applied, state.last_membership))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut log_ids = Vec::new();
+        let mut commands: Vec<Result<Option<pb::Command>, String>> = Vec::new();
+        let mut responders = Vec::new();
+        let mut membership = self.current_membership();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            commands.push(match &entry.payload {
+                EntryPayload::Normal(request) => decode_command(&request.0).map(Some),
+                EntryPayload::Blank => Ok(None),
+                EntryPayload::Membership(config) => {
+                    membership = StoredMembership::new(Some(entry.log_id.clone()), config.clone());
+                    Ok(None)
+                }
+            });
+            log_ids.push(entry.log_id.clone());
+            responders.push(responder);
+        }
+        let Some(last) = log_ids.last().cloned() else {
+            return Ok(());
+        };
+        let apply_entries: Vec<ApplyEntry<'_>> = log_ids
+            .iter()
+            .zip(&commands)
+            .map(|(log_id, command)| ApplyEntry {
+                revision: Revision::from_leader_cluster_log_index(LogIndex(log_id.index)),
+                command: command.as_ref().ok().and_then(|command| command.as_ref()),
+            })
+            .collect();
+        let position = AppliedPosition {
+            log_index: LogIndex(last.index),
+            revision: Revision::from_leader_cluster_log_index(LogIndex(last.index)),
+            leader_index: None,
+            raft_state: RaftAppliedState {
+                last_applied: Some(last.clone()),
+                last_membership: membership.clone(),
+            }
+            .encode(),
+        };
+        let outcomes = tokio::task::block_in_place(|| self.table.apply(&apply_entries, &position))
+            .map_err(io::Error::other)?;
+        if let Ok(mut guard) = self.membership.lock() {
+            *guard = membership;
+        }
+        self.applied.send_replace(position);
+        metrics::gauge!("armada_table_applied_index", "table_id" => self.table.id().to_string())
+            .set(last.index as f64);
+        for ((responder, command), outcome) in responders.into_iter().zip(commands).zip(outcomes) {
+            let Some(responder) = responder else { continue };
+            let response = match (command, outcome) {
+                (Err(message), _) => Response::Rejected(message),
+                (Ok(None), _) => Response::Empty,
+                (Ok(Some(_)), ApplyOutcome::Applied { result, succeeded }) => {
+                    Response::Table { result, succeeded }
+                }
+                (Ok(Some(_)), ApplyOutcome::Rejected(message)) => Response::Rejected(message),
+            };
+            responder.send(response);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        mut snapshot: std::fs::File,
+    ) -> Result<(), io::Error> {
+        let table = self.table.clone();
+        let snapshots = self.snapshots.clone();
+        let meta = meta.clone();
+        let position = tokio::task::spawn_blocking(move || -> io::Result<AppliedPosition> {
+            snapshot.rewind()?;
+            let position = table
+                .install_snapshot(&mut io::BufReader::new(&mut snapshot))
+                .map_err(io::Error::other)?;
+            snapshot.rewind()?;
+            snapshots.save(&meta, |out: &mut dyn Write| {
+                io::copy(&mut snapshot, out).map(|_| ())
+            })?;
+            Ok(position)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let state = RaftAppliedState::decode(&position.raft_state)?;
+        if let Ok(mut guard) = self.membership.lock() {
+            *guard = state.last_membership;
+        }
+        self.applied.send_replace(position);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<openraft::alias::SnapshotOf<TypeConfig, std::fs::File>>, io::Error> {
+        self.snapshots.current()
+    }
+}

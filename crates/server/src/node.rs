@@ -1,0 +1,383 @@
+//! The node: owns the storage, the log engine, the catalog group and every table group, and
+//! keeps the running table groups equal to the catalog.
+//!
+//! Reconciliation is event-driven: every applied catalog change wakes the reconciler, which
+//! starts the groups of new tables and stops (and deletes the data of) removed ones at once.
+//! Table groups are looked up by name through an immutable snapshot map swapped on change,
+//! so the request path takes no lock held across an await.
+
+use openraft::async_runtime::WatchReceiver;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use armada_storage::{CATALOG_GROUP, NodeId, Storage, TableId};
+use armada_table::Table;
+use openraft::BasicNode;
+use tokio::sync::{Notify, watch};
+
+use crate::catalog::{CatalogCommand, CatalogOutcome, CatalogState, CatalogStateMachine};
+use crate::config::ServerConfig;
+use crate::error::ApiError;
+use crate::groups::log::LogEngine;
+use crate::groups::network::NoTransport;
+use crate::groups::snapshot_store::SnapshotStore;
+use crate::groups::table_sm::TableStateMachine;
+use crate::groups::types::{Request, Response};
+use crate::groups::{CatalogRaft, TableRaft};
+
+/// One running table replica.
+pub struct TableGroup {
+    pub id: TableId,
+    pub name: String,
+    pub raft: TableRaft,
+    pub table: Table,
+    pub state_machine: TableStateMachine,
+}
+
+impl TableGroup {
+    /// Term and Raft leader as this replica knows them, for response headers.
+    pub fn term_and_leader(&self) -> (u64, u64) {
+        let metrics = self.raft.server_metrics();
+        let metrics = metrics.borrow_watched();
+        (
+            metrics.vote.leader_id.term,
+            metrics.current_leader.unwrap_or(0),
+        )
+    }
+}
+
+pub struct Node {
+    pub config: ServerConfig,
+    pub node_id: NodeId,
+    pub storage: Storage,
+    log: Arc<LogEngine>,
+    raft_config: Arc<openraft::Config>,
+    members: BTreeMap<u64, BasicNode>,
+    pub catalog: CatalogRaft,
+    catalog_state: watch::Receiver<Arc<CatalogState>>,
+    tables: RwLock<Arc<BTreeMap<String, Arc<TableGroup>>>>,
+    reconciled: Notify,
+    reconcile_lock: tokio::sync::Mutex<()>,
+    pub started_at: std::time::Instant,
+}
+
+impl Node {
+    /// Opens storage, starts the catalog group and every table group it lists.
+    pub async fn start(config: ServerConfig) -> anyhow::Result<Arc<Node>> {
+        let members = config.members().map_err(anyhow::Error::msg)?;
+        if members.len() != 1 {
+            anyhow::bail!(
+                "this build runs single-node clusters only: `raft.initial-members` lists {} nodes",
+                members.len()
+            );
+        }
+        let members: BTreeMap<u64, BasicNode> = members
+            .into_iter()
+            .map(|(id, address)| (id, BasicNode::new(address)))
+            .collect();
+        std::fs::create_dir_all(&config.data_dir)?;
+        let storage = Storage::open(&config.data_dir.join("db"))?;
+        let log = LogEngine::open(&storage)?;
+        let raft_config = crate::groups::raft_config(
+            config.raft.rtt,
+            config.raft.heartbeat_rtt,
+            config.raft.election_rtt,
+            config.raft.snapshot_entries,
+            config.raft.compaction_overhead,
+        )?;
+        let node_id = NodeId(config.raft.node_id);
+        let catalog_sm =
+            CatalogStateMachine::open(&storage, snapshot_store(&config, CATALOG_GROUP))?;
+        let catalog_state = catalog_sm.subscribe();
+        let catalog = openraft::Raft::new(
+            node_id.get(),
+            raft_config.clone(),
+            NoTransport,
+            log.group(CATALOG_GROUP),
+            catalog_sm,
+        )
+        .await?;
+        initialize_if_new(&catalog, &members).await?;
+        let node = Arc::new(Node {
+            config,
+            node_id,
+            storage,
+            log,
+            raft_config,
+            members,
+            catalog,
+            catalog_state,
+            tables: RwLock::new(Arc::new(BTreeMap::new())),
+            reconciled: Notify::new(),
+            reconcile_lock: tokio::sync::Mutex::new(()),
+            started_at: std::time::Instant::now(),
+        });
+        node.reconcile().await?;
+        let reconciler = node.clone();
+        tokio::spawn(async move { reconciler.run_reconciler().await });
+        Ok(node)
+    }
+
+    pub fn catalog_state(&self) -> Arc<CatalogState> {
+        self.catalog_state.borrow().clone()
+    }
+
+    fn running(&self) -> Arc<BTreeMap<String, Arc<TableGroup>>> {
+        self.tables
+            .read()
+            .map(|guard| guard.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every running table group, by name.
+    pub fn table_groups(&self) -> Arc<BTreeMap<String, Arc<TableGroup>>> {
+        self.running()
+    }
+
+    /// The group serving `name`. A table in the catalog whose group is still starting is
+    /// waited for briefly; a table not in the catalog is `NotFound`.
+    pub async fn table(&self, name: &str) -> Result<Arc<TableGroup>, ApiError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let notified = self.reconciled.notified();
+            let catalog = self.catalog_state();
+            let Some(record) = catalog.tables.get(name) else {
+                return Err(ApiError::TableNotFound);
+            };
+            if let Some(group) = self.running().get(name) {
+                if group.id == record.table_id() {
+                    return Ok(group.clone());
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(ApiError::Unavailable(format!(
+                    "table `{name}` is starting on this node"
+                )));
+            }
+        }
+    }
+
+    async fn run_reconciler(self: Arc<Self>) {
+        let mut changes = self.catalog_state.clone();
+        while changes.changed().await.is_ok() {
+            if let Err(error) = self.reconcile().await {
+                // Fail-stop: a node that cannot open or delete a table's storage must not
+                // keep serving a catalog it does not reflect.
+                tracing::error!(%error, "reconciling table groups failed; stopping the node");
+                std::process::exit(70);
+            }
+        }
+    }
+
+    /// Makes the running groups equal to the catalog.
+    async fn reconcile(&self) -> anyhow::Result<()> {
+        let _serial = self.reconcile_lock.lock().await;
+        let catalog = self.catalog_state();
+        let running = self.running();
+        let mut next: BTreeMap<String, Arc<TableGroup>> = BTreeMap::new();
+        let mut stopped = Vec::new();
+        for (name, group) in running.iter() {
+            match catalog.tables.get(name) {
+                Some(record) if record.table_id() == group.id => {
+                    next.insert(name.clone(), group.clone());
+                }
+                _ => stopped.push(group.clone()),
+            }
+        }
+        for (name, record) in &catalog.tables {
+            if !next.contains_key(name) {
+                let group = self.start_table(name, record.table_id()).await?;
+                next.insert(name.clone(), group);
+            }
+        }
+        if let Ok(mut guard) = self.tables.write() {
+            *guard = Arc::new(next);
+        }
+        self.reconciled.notify_waiters();
+        for group in stopped {
+            self.stop_and_destroy(&group).await?;
+        }
+        Ok(())
+    }
+
+    async fn start_table(&self, name: &str, id: TableId) -> anyhow::Result<Arc<TableGroup>> {
+        let table = tokio::task::block_in_place(|| Table::open(&self.storage, id))?;
+        let state_machine =
+            TableStateMachine::open(table.clone(), snapshot_store(&self.config, id))?;
+        let raft = openraft::Raft::new(
+            self.node_id.get(),
+            self.raft_config.clone(),
+            NoTransport,
+            self.log.group(id),
+            state_machine.clone(),
+        )
+        .await?;
+        initialize_if_new(&raft, &self.members).await?;
+        tracing::info!(table = name, id = id.get(), "table group started");
+        Ok(Arc::new(TableGroup {
+            id,
+            name: name.to_string(),
+            raft,
+            table,
+            state_machine,
+        }))
+    }
+
+    async fn stop_and_destroy(&self, group: &TableGroup) -> anyhow::Result<()> {
+        if let Err(error) = group.raft.shutdown().await {
+            tracing::warn!(%error, table = group.name, "table group did not shut down cleanly");
+        }
+        let storage = self.storage.clone();
+        let id = group.id;
+        tokio::task::block_in_place(|| Table::destroy(&storage, id))?;
+        self.log.destroy_group(id)?;
+        snapshot_store(&self.config, id).destroy()?;
+        tracing::info!(
+            table = group.name,
+            id = id.get(),
+            "table group stopped and its data deleted"
+        );
+        Ok(())
+    }
+
+    /// Proposes a catalog change and returns its outcome.
+    pub async fn propose_catalog(
+        &self,
+        command: CatalogCommand,
+    ) -> Result<CatalogOutcome, ApiError> {
+        let bytes =
+            serde_json::to_vec(&command).map_err(|error| ApiError::Internal(error.to_string()))?;
+        let response = self
+            .catalog
+            .client_write(Request(bytes.into()))
+            .await
+            .map_err(ApiError::from_raft_write)?;
+        match response.data {
+            Response::Catalog(outcome) => Ok(outcome),
+            Response::Rejected(message) => Err(ApiError::Internal(message)),
+            other => Err(ApiError::Internal(format!(
+                "unexpected catalog response {other:?}"
+            ))),
+        }
+    }
+
+    /// Creates a table and waits until this node serves it with a Raft leader.
+    pub async fn create_table(
+        &self,
+        name: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<TableId, ApiError> {
+        let id = match self
+            .propose_catalog(CatalogCommand::CreateTable { name: name.into() })
+            .await?
+        {
+            CatalogOutcome::Created { id } => TableId(id),
+            CatalogOutcome::AlreadyExists { .. } => return Err(ApiError::TableExists),
+            other => return Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
+        };
+        let group = tokio::time::timeout_at(deadline, async {
+            loop {
+                match self.table(name).await {
+                    Ok(group) => return Ok(group),
+                    Err(ApiError::Unavailable(_)) => continue,
+                    Err(error) => return Err(error),
+                }
+            }
+        })
+        .await
+        .map_err(|_| ApiError::DeadlineExceeded)??;
+        let mut metrics = group.raft.server_metrics();
+        tokio::time::timeout_at(deadline, metrics.wait_until(|m| m.current_leader.is_some()))
+            .await
+            .map_err(|_| ApiError::DeadlineExceeded)?
+            .map_err(|_| ApiError::Unavailable("table group stopped".into()))?;
+        Ok(id)
+    }
+
+    pub async fn delete_table(&self, name: &str) -> Result<(), ApiError> {
+        match self
+            .propose_catalog(CatalogCommand::DeleteTable { name: name.into() })
+            .await?
+        {
+            CatalogOutcome::Deleted { .. } => Ok(()),
+            CatalogOutcome::NotFound => Err(ApiError::TableNotFound),
+            other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    /// Waits until the catalog group has a leader (start-up readiness).
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let mut metrics = self.catalog.server_metrics();
+        tokio::time::timeout(timeout, metrics.wait_until(|m| m.current_leader.is_some()))
+            .await
+            .is_ok()
+    }
+
+    /// Ready: the catalog and every table group have a leader.
+    pub fn is_ready(&self) -> bool {
+        let catalog_ready = self
+            .catalog
+            .server_metrics()
+            .borrow_watched()
+            .current_leader
+            .is_some();
+        catalog_ready
+            && self.running().values().all(|group| {
+                group
+                    .raft
+                    .server_metrics()
+                    .borrow_watched()
+                    .current_leader
+                    .is_some()
+            })
+    }
+
+    /// Stops every group (graceful shutdown) and makes storage durable.
+    pub async fn shutdown(&self) {
+        for group in self.running().values() {
+            let _ = group.raft.shutdown().await;
+        }
+        let _ = self.catalog.shutdown().await;
+        if let Err(error) = self.storage.sync() {
+            tracing::error!(%error, "final storage sync failed");
+        }
+    }
+
+    pub fn log_bytes(&self, id: TableId) -> u64 {
+        self.log.group_log_bytes(id)
+    }
+
+    pub fn log_engine(&self) -> &Arc<LogEngine> {
+        &self.log
+    }
+}
+
+fn snapshot_store(config: &ServerConfig, group: TableId) -> SnapshotStore {
+    SnapshotStore::new(
+        config
+            .data_dir
+            .join("snapshots")
+            .join(group.get().to_string()),
+    )
+}
+
+async fn initialize_if_new<SM>(
+    raft: &openraft::Raft<crate::groups::types::TypeConfig, SM>,
+    members: &BTreeMap<u64, BasicNode>,
+) -> anyhow::Result<()>
+where
+    SM: openraft::storage::RaftStateMachine<crate::groups::types::TypeConfig>,
+{
+    if !raft.is_initialized().await? {
+        match raft.initialize(members.clone()).await {
+            Ok(()) => {}
+            // Another member initialized it first: fine, the membership is the same.
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(_),
+            )) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
+}

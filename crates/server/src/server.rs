@@ -1,0 +1,255 @@
+//! Runs a leader-cluster node: the node itself, the client API (KV, Tables, Cluster), the
+//! replication API and REST, until `shutdown` resolves; then stops accepting, lets in-flight
+//! requests finish and closes storage cleanly.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use armada_proto::regatta::v1::cluster_server::ClusterServer;
+use armada_proto::regatta::v1::kv_server::KvServer;
+use armada_proto::regatta::v1::tables_server::TablesServer;
+use armada_proto::replication::v1::log_server::LogServer;
+use armada_proto::replication::v1::metadata_server::MetadataServer;
+use armada_proto::replication::v1::snapshot_server::SnapshotServer;
+use tokio::sync::watch;
+use tonic::codec::CompressionEncoding;
+
+use crate::address::ListenAddress;
+use crate::api;
+use crate::config::ServerConfig;
+use crate::node::Node;
+
+/// Largest request the API accepts (SPEC §2: requests over 4 MiB are refused by the transport).
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// The addresses a running server actually bound (port 0 resolved).
+#[derive(Clone, Debug)]
+pub struct BoundAddresses {
+    pub api: String,
+    pub replication: String,
+    pub rest: String,
+}
+
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&BoundAddresses) + Send,
+) -> anyhow::Result<()> {
+    let metrics = crate::telemetry::metrics_handle()?;
+    let node = Node::start(config.clone()).await?;
+    if !node.wait_ready(Duration::from_secs(30)).await {
+        anyhow::bail!("the catalog group elected no leader within 30 s");
+    }
+    create_initial_tables(&node).await?;
+
+    let (stop_sender, stop) = watch::channel(false);
+    let api_listener = Listener::bind(&config.api.address).await?;
+    let replication_listener = Listener::bind(&config.replication.address).await?;
+    let rest_address = ListenAddress::parse(&config.rest.address).map_err(anyhow::Error::msg)?;
+    let rest_listener = tokio::net::TcpListener::bind(rest_address.socket_address().await?).await?;
+    let bound = BoundAddresses {
+        api: api_listener.url(),
+        replication: replication_listener.url(),
+        rest: format!("http://{}", rest_listener.local_addr()?),
+    };
+    tracing::info!(
+        api = bound.api,
+        replication = bound.replication,
+        rest = bound.rest,
+        node_id = config.raft.node_id,
+        "armada leader node serving"
+    );
+
+    let api_server = tonic::transport::Server::builder()
+        .add_service(compressed(KvServer::new(api::kv::KvService::new(
+            node.clone(),
+        ))))
+        .add_service(compressed(TablesServer::new(
+            api::tables::TablesService::new(node.clone()),
+        )))
+        .add_service(compressed(ClusterServer::new(
+            api::cluster::ClusterService::new(node.clone()),
+        )));
+    let replication_server = tonic::transport::Server::builder()
+        .add_service(
+            MetadataServer::new(api::replication::ReplicationService::new(node.clone()))
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip),
+        )
+        .add_service(
+            LogServer::new(api::replication::ReplicationService::new(node.clone()))
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip),
+        )
+        .add_service(
+            SnapshotServer::new(api::replication::ReplicationService::new(node.clone()))
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip),
+        )
+        .add_service(compressed(KvServer::new(api::kv::KvService::new(
+            node.clone(),
+        ))));
+
+    let api_task = tokio::spawn(api_listener.serve(api_server, wait_for(stop.clone())));
+    let replication_task =
+        tokio::spawn(replication_listener.serve(replication_server, wait_for(stop.clone())));
+    let rest_router = crate::rest::router(node.clone(), metrics);
+    let rest_stop = wait_for(stop.clone());
+    let rest_task = tokio::spawn(async move {
+        axum::serve(rest_listener, rest_router)
+            .with_graceful_shutdown(rest_stop)
+            .await
+            .map_err(anyhow::Error::from)
+    });
+    on_ready(&bound);
+
+    shutdown.await;
+    tracing::info!("shutting down: no new requests, finishing in-flight ones");
+    let _ = stop_sender.send(true);
+    for task in [api_task, replication_task, rest_task] {
+        match tokio::time::timeout(Duration::from_secs(10), task).await {
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "a server ended with an error"),
+            Ok(Err(error)) => tracing::warn!(%error, "a server task failed"),
+            _ => {}
+        }
+    }
+    node.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn compressed<S>(service: S) -> S
+where
+    S: CompressionConfigurable,
+{
+    service.configure_compression()
+}
+
+/// The generated servers share no trait for compression settings; this adds one.
+pub trait CompressionConfigurable {
+    fn configure_compression(self) -> Self;
+}
+
+macro_rules! compression_for {
+    ($($server:ident<$service:ty>),*) => {$(
+        impl CompressionConfigurable for $server<$service> {
+            fn configure_compression(self) -> Self {
+                self.accept_compressed(CompressionEncoding::Gzip)
+                    .accept_compressed(CompressionEncoding::Zstd)
+                    .send_compressed(CompressionEncoding::Gzip)
+                    .send_compressed(CompressionEncoding::Zstd)
+                    .max_decoding_message_size(MAX_REQUEST_BYTES)
+            }
+        }
+    )*};
+}
+
+compression_for!(
+    KvServer<api::kv::KvService>,
+    TablesServer<api::tables::TablesService>,
+    ClusterServer<api::cluster::ClusterService>
+);
+
+async fn wait_for(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+async fn create_initial_tables(node: &Arc<Node>) -> anyhow::Result<()> {
+    for name in node
+        .config
+        .tables
+        .names
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+    {
+        api::validate::new_table_name(name)
+            .map_err(|error| anyhow::anyhow!("tables.names: {name}: {error}"))?;
+        if node.catalog_state().tables.contains_key(name) {
+            continue;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        match node.create_table(name, deadline).await {
+            Ok(id) => tracing::info!(
+                table = name,
+                id = id.get(),
+                "created table from tables.names"
+            ),
+            Err(crate::error::ApiError::TableExists) => {}
+            Err(error) => anyhow::bail!("creating table {name} from tables.names: {error}"),
+        }
+    }
+    Ok(())
+}
+
+/// A bound gRPC listener: TCP or Unix socket.
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener, std::path::PathBuf),
+}
+
+impl Listener {
+    async fn bind(url: &str) -> anyhow::Result<Listener> {
+        match ListenAddress::parse(url).map_err(anyhow::Error::msg)? {
+            ListenAddress::Tcp { tls: true, .. } | ListenAddress::Unix { tls: true, .. } => {
+                anyhow::bail!(
+                    "{url}: TLS listeners (https://, unixs://) are not supported by this build yet"
+                )
+            }
+            address @ ListenAddress::Tcp { .. } => {
+                let socket = address.socket_address().await?;
+                Ok(Listener::Tcp(
+                    tokio::net::TcpListener::bind(socket)
+                        .await
+                        .map_err(|error| anyhow::anyhow!("cannot listen on {url}: {error}"))?,
+                ))
+            }
+            ListenAddress::Unix { path, .. } => {
+                let _ = std::fs::remove_file(&path);
+                Ok(Listener::Unix(tokio::net::UnixListener::bind(&path)?, path))
+            }
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Listener::Tcp(listener) => listener
+                .local_addr()
+                .map(|address| format!("http://{address}"))
+                .unwrap_or_default(),
+            Listener::Unix(_, path) => format!("unix://{}", path.display()),
+        }
+    }
+
+    async fn serve<R>(
+        self,
+        router: tonic::transport::server::Router<R>,
+        stop: impl Future<Output = ()>,
+    ) -> anyhow::Result<()>
+    where
+        R: tower_layer::Layer<tonic::service::Routes> + Clone,
+        R::Service: tower_service::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+            > + Clone
+            + Send
+            + 'static,
+        <R::Service as tower_service::Service<http::Request<tonic::body::Body>>>::Future:
+            Send + 'static,
+        <R::Service as tower_service::Service<http::Request<tonic::body::Body>>>::Error:
+            Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    {
+        match self {
+            Listener::Tcp(listener) => {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                router.serve_with_incoming_shutdown(incoming, stop).await?;
+            }
+            Listener::Unix(listener, _) => {
+                let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+                router.serve_with_incoming_shutdown(incoming, stop).await?;
+            }
+        }
+        Ok(())
+    }
+}
