@@ -69,9 +69,11 @@ fn apply_model(state: &mut State, op: &Op, revision: u64) -> i64 {
         }
         Op::Delete(k) => i64::from(state.remove(k).is_some()),
         Op::DeleteRange(k, end) => {
+            // On the wire a range end of "\0" means "to the end of the table".
+            let end = end.as_ref().filter(|end| end.as_slice() != [0]);
             let doomed: Vec<Vec<u8>> = state
                 .keys()
-                .filter(|key| *key >= k && end.as_ref().is_none_or(|e| *key < e))
+                .filter(|key| *key >= k && end.is_none_or(|e| *key < e))
                 .cloned()
                 .collect();
             for key in &doomed {
