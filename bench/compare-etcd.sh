@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# Compare a single-node Armada with a single-node etcd on this machine, same client, same
+# workloads (`armada bench`), and print a Markdown table.
+#
+# Both servers listen on loopback only, keep their data in a temporary directory and fsync as
+# they do by default. The script kills exactly the processes it started (trap on exit).
+#
+# Usage: bench/compare-etcd.sh
+# Environment (all optional):
+#   ARMADA_BIN      armada binary (default: ${CARGO_TARGET_DIR:-target}/release/armada, built
+#                   with `cargo build --release --bin armada` if missing)
+#   RUN_SECONDS     measured seconds per run (default 10)
+#   WARMUP          unrecorded warm-up per run (default 1s)
+#   READY_SECONDS   how long a server may take to become ready (default 60)
+#   KEYS KEY_SIZE VALUE_SIZE CONNECTIONS READ_RATIO   bench parameters (10000 16 256 4 0.9)
+#   RESULTS         also write the Markdown table to this file
+#   KEEP_WORKDIR=1  keep the temporary directory (logs, JSON results)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ARMADA=${ARMADA_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/armada}
+RUN_SECONDS=${RUN_SECONDS:-10}
+WARMUP=${WARMUP:-1s}
+READY_SECONDS=${READY_SECONDS:-60}
+KEYS=${KEYS:-10000}
+KEY_SIZE=${KEY_SIZE:-16}
+VALUE_SIZE=${VALUE_SIZE:-256}
+CONNECTIONS=${CONNECTIONS:-4}
+READ_RATIO=${READ_RATIO:-0.9}
+
+# name workload clients
+MATRIX=(
+  "put put 1"
+  "put put 16"
+  "put put 64"
+  "range range 16"
+  "range range 64"
+  "range-linearizable range-linearizable 16"
+  "range-linearizable range-linearizable 64"
+  "mixed mixed 64"
+)
+
+log() { echo "compare-etcd: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+# --- prerequisites -------------------------------------------------------------------------
+
+install_etcd() {
+  command -v etcd >/dev/null && return
+  command -v apt-get >/dev/null || die "etcd is missing and apt-get is not available"
+  [ "$(id -u)" = 0 ] || die "etcd is missing: run 'apt-get install -y etcd-server' as root"
+  log "installing etcd-server"
+  apt-get update >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server >/dev/null
+  # The Debian package may start a system-wide etcd on 127.0.0.1:2379; we use our own ports,
+  # so it does not matter here, and we do not stop a service we did not start.
+  command -v etcd >/dev/null || die "etcd-server installed but no etcd binary found"
+}
+
+build_armada() {
+  [ -x "$ARMADA" ] && return
+  log "building $ARMADA"
+  (cd "$ROOT" && cargo build --release --bin armada) || die "cannot build armada"
+  [ -x "$ARMADA" ] || die "no binary at $ARMADA (set ARMADA_BIN)"
+}
+
+json_field() { # file jq-expression
+  if command -v jq >/dev/null; then
+    jq -r "$2 // empty" "$1"
+  else
+    python3 - "$1" "$2" <<'EOF'
+import json, sys
+value = json.load(open(sys.argv[1]))
+for part in sys.argv[2].lstrip(".").split("."):
+    value = value.get(part) if isinstance(value, dict) else None
+print("" if value is None else value)
+EOF
+  fi
+}
+
+install_etcd
+build_armada
+command -v jq >/dev/null || command -v python3 >/dev/null || die "jq or python3 is needed"
+
+# --- processes -----------------------------------------------------------------------------
+
+WORK=$(mktemp -d -t armada-compare-XXXXXX)
+PIDS=()
+
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  if [ "${KEEP_WORKDIR:-0}" = 1 ]; then
+    log "kept $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+USED_PORTS=" "
+free_port() {
+  local port
+  for _ in $(seq 100); do
+    port=$((20000 + RANDOM % 40000))
+    case "$USED_PORTS" in *" $port "*) continue ;; esac
+    # Nothing answers on it (a refused connection means free).
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      USED_PORTS="$USED_PORTS$port "
+      echo "$port"
+      return
+    fi
+  done
+  die "no free port found"
+}
+
+# wait_ready NAME PID LOG COMMAND...: until COMMAND succeeds, the process dies, or the deadline.
+wait_ready() {
+  local name=$1 pid=$2 logfile=$3
+  shift 3
+  local deadline=$((SECONDS + READY_SECONDS))
+  while ! "$@" >/dev/null 2>&1; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log "$name exited during start-up; last log lines:"
+      tail -n 20 "$logfile" >&2 || true
+      return 1
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      log "$name not ready after ${READY_SECONDS}s; last log lines:"
+      tail -n 20 "$logfile" >&2 || true
+      return 1
+    fi
+    sleep 0.5
+  done
+  log "$name ready"
+}
+
+ETCD_CLIENT=$(free_port)
+ETCD_PEER=$(free_port)
+ETCD_URL=http://127.0.0.1:$ETCD_CLIENT
+etcd --name compare --data-dir "$WORK/etcd" \
+  --listen-client-urls "$ETCD_URL" --advertise-client-urls "$ETCD_URL" \
+  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" \
+  --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
+  --initial-cluster "compare=http://127.0.0.1:$ETCD_PEER" \
+  >"$WORK/etcd.log" 2>&1 &
+ETCD_PID=$!
+PIDS+=("$ETCD_PID")
+
+RAFT_PORT=$(free_port)
+API_PORT=$(free_port)
+REST_PORT=$(free_port)
+REPLICATION_PORT=$(free_port)
+ARMADA_URL=http://127.0.0.1:$API_PORT
+"$ARMADA" leader --data-dir "$WORK/armada" \
+  --raft.node-id 1 --raft.address "127.0.0.1:$RAFT_PORT" \
+  --raft.initial-members "1=127.0.0.1:$RAFT_PORT" \
+  --api.address "$ARMADA_URL" \
+  --rest.address "http://127.0.0.1:$REST_PORT" \
+  --replication.address "http://127.0.0.1:$REPLICATION_PORT" \
+  >"$WORK/armada.log" 2>&1 &
+ARMADA_PID=$!
+PIDS+=("$ARMADA_PID")
+
+etcd_ok=1
+armada_ok=1
+wait_ready etcd "$ETCD_PID" "$WORK/etcd.log" \
+  "$ARMADA" bench --target etcd --endpoints "$ETCD_URL" --total 1 --warmup 0s \
+  --clients 1 --connections 1 --no-prefill --timeout 2s || etcd_ok=0
+wait_ready armada "$ARMADA_PID" "$WORK/armada.log" \
+  "$ARMADA" table list --address "$ARMADA_URL" --timeout 2s || armada_ok=0
+[ "$etcd_ok" = 1 ] || [ "$armada_ok" = 1 ] || die "neither server became ready"
+
+# --- runs ----------------------------------------------------------------------------------
+
+# run_bench TARGET URL NAME WORKLOAD CLIENTS PREFILL -> path of the JSON result (empty file on
+# failure).
+run_bench() {
+  local target=$1 url=$2 name=$3 workload=$4 clients=$5 prefill=$6
+  local out="$WORK/$target-$name-$clients.json"
+  local connections=$((clients < CONNECTIONS ? clients : CONNECTIONS))
+  local extra=()
+  [ "$prefill" = 1 ] || extra+=(--no-prefill)
+  [ "$target" = armada ] && extra+=(--table bench)
+  log "$target $name, $clients clients"
+  if ! timeout --kill-after=5 $((RUN_SECONDS + 120)) "$ARMADA" bench --target "$target" \
+    --endpoints "$url" --workload "$workload" --clients "$clients" \
+    --connections "$connections" --keys "$KEYS" --key-size "$KEY_SIZE" \
+    --value-size "$VALUE_SIZE" --read-ratio "$READ_RATIO" \
+    --duration "${RUN_SECONDS}s" --warmup "$WARMUP" --json "${extra[@]}" \
+    >"$out" 2>"$out.log"; then
+    log "$target $name $clients failed: $(tail -n 1 "$out.log")"
+    : >"$out"
+  fi
+  echo "$out"
+}
+
+metric() { # file expression
+  [ -s "$1" ] && json_field "$1" "$2" || true
+}
+
+count_or_na() { printf "%s" "${1:-n/a}"; }
+fmt_ops() { [ -n "$1" ] && printf "%.0f" "$1" || printf "n/a"; }
+fmt_ms() { [ -n "$1" ] && awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }' || printf "n/a"; }
+ratio() {
+  if [ -n "$1" ] && [ -n "$2" ]; then
+    awk -v a="$1" -v e="$2" 'BEGIN { if (e > 0) printf "%.2f", a / e; else printf "n/a" }'
+  else
+    printf "n/a"
+  fi
+}
+
+ROWS=()
+prefilled_armada=0
+prefilled_etcd=0
+for entry in "${MATRIX[@]}"; do
+  read -r name workload clients <<<"$entry"
+  armada_json=""
+  etcd_json=""
+  prefill_armada=0
+  prefill_etcd=0
+  if [ "$workload" != put ]; then
+    [ "$prefilled_armada" = 1 ] || prefill_armada=1
+    [ "$prefilled_etcd" = 1 ] || prefill_etcd=1
+  fi
+  if [ "$armada_ok" = 1 ]; then
+    armada_json=$(run_bench armada "$ARMADA_URL" "$name" "$workload" "$clients" "$prefill_armada")
+    [ "$prefill_armada" = 1 ] && [ -s "$armada_json" ] && prefilled_armada=1
+  fi
+  if [ "$etcd_ok" = 1 ]; then
+    etcd_json=$(run_bench etcd "$ETCD_URL" "$name" "$workload" "$clients" "$prefill_etcd")
+    [ "$prefill_etcd" = 1 ] && [ -s "$etcd_json" ] && prefilled_etcd=1
+  fi
+  a_ops=$(metric "$armada_json" .total.ops_per_s)
+  e_ops=$(metric "$etcd_json" .total.ops_per_s)
+  ROWS+=("| $name | $clients | $(fmt_ops "$a_ops") | $(fmt_ops "$e_ops") | $(ratio "$a_ops" "$e_ops") \
+| $(fmt_ms "$(metric "$armada_json" .total.latency_us.p50)") | $(fmt_ms "$(metric "$etcd_json" .total.latency_us.p50)") \
+| $(fmt_ms "$(metric "$armada_json" .total.latency_us.p99)") | $(fmt_ms "$(metric "$etcd_json" .total.latency_us.p99)") \
+| $(count_or_na "$(metric "$armada_json" .errors)")/$(count_or_na "$(metric "$etcd_json" .errors)") |")
+done
+
+# --- report --------------------------------------------------------------------------------
+
+{
+  echo "## Armada vs etcd, single node, $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo
+  echo "- machine: $(nproc) cores, $(uname -sr)"
+  echo "- armada: $("$ARMADA" version 2>/dev/null || echo unknown)$([ "$armada_ok" = 1 ] || echo ' (did not start)')"
+  echo "- etcd: $(etcd --version 2>/dev/null | head -n 1)$([ "$etcd_ok" = 1 ] || echo ' (did not start)')"
+  echo "- each run: ${RUN_SECONDS}s measured after ${WARMUP} warm-up; keys $KEYS x ${KEY_SIZE} B," \
+    "values ${VALUE_SIZE} B; up to $CONNECTIONS connections; mixed = ${READ_RATIO} reads"
+  echo
+  echo "| workload | clients | Armada ops/s | etcd ops/s | Armada/etcd | Armada p50 ms | etcd p50 ms | Armada p99 ms | etcd p99 ms | errors A/e |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  printf '%s\n' "${ROWS[@]}"
+} | tee "${RESULTS:-/dev/null}"
