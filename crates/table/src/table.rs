@@ -1,17 +1,19 @@
 //! [`Table`]: the handle owning a table's keyspaces, its serialised apply path and the
 //! generation switch used by snapshot installation.
 //!
-//! Concurrency: `apply_lock` serialises writers (apply, install). `state` (generation handles and
-//! cached position) is write-locked only around the batch commit, and read-locked by
-//! [`Table::read_view`] around taking the fjall snapshot, so a view's snapshot and its position
-//! always belong together.
+//! Concurrency: `apply_lock` serialises writers (apply, install). A view reads its position from
+//! its own fjall snapshot (the position is in the same batch as the data), so a view's data and
+//! position always belong together and an apply never blocks readers, not even during a fjall
+//! write stall. `state` (generation handles, cached position) is write-locked by apply only to
+//! update the cache after its commit, and by install around switching generations, so a view
+//! never pairs a snapshot with the wrong generation's keyspaces.
 
 use crate::apply::Applier;
 use crate::error::{Result, TableError};
 use crate::position::AppliedPosition;
 use crate::view::ReadView;
 use crate::{ApplyEntry, ApplyOutcome, snapshot};
-use armada_storage::fjall::Keyspace;
+use armada_storage::fjall::{Keyspace, Readable};
 use armada_storage::{Revision, Storage, TableId, keyspace_name};
 use bytes::Bytes;
 use std::sync::{Arc, Mutex, RwLock};
@@ -181,9 +183,12 @@ impl Table {
             .or(previous_leader_index);
         let mut batch = applier.into_batch(self.inner.storage.database())?;
         batch.insert(&self.inner.meta, META_POSITION, stored.encode());
-        let mut state = self.inner.state.write().expect("table state lock poisoned");
         batch.commit()?;
-        state.position = stored;
+        self.inner
+            .state
+            .write()
+            .expect("table state lock poisoned")
+            .position = stored;
         Ok(outcomes)
     }
 
@@ -194,14 +199,27 @@ impl Table {
 
     /// A consistent point-in-time view at the applied position.
     pub fn read_view(&self) -> ReadView {
-        let state = self.read_state();
-        let snapshot = self.inner.storage.database().snapshot();
-        ReadView::new(
-            snapshot,
-            state.generation.clone(),
-            state.position.clone(),
-            state.compact_revision,
-        )
+        let (snapshot, generation, cached_position, compact_revision) = {
+            let state = self.read_state();
+            let snapshot = self.inner.storage.database().snapshot();
+            let cached = state.position.clone();
+            (
+                snapshot,
+                state.generation.clone(),
+                cached,
+                state.compact_revision,
+            )
+        };
+        // The record was decoded successfully when the table opened or wrote it; should it
+        // not decode now, the cached position is the best available (equal unless an apply
+        // committed in between).
+        let position = snapshot
+            .get(&self.inner.meta, META_POSITION)
+            .ok()
+            .flatten()
+            .and_then(|record| AppliedPosition::decode(Bytes::from(record)).ok())
+            .unwrap_or(cached_position);
+        ReadView::new(snapshot, generation, position, compact_revision)
     }
 
     /// Replaces the whole table atomically with an internal snapshot stream (see
