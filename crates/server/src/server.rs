@@ -37,6 +37,7 @@ pub async fn run(
     on_ready: impl FnOnce(&BoundAddresses) + Send,
 ) -> anyhow::Result<()> {
     let metrics = crate::telemetry::metrics_handle()?;
+    let _ = std::fs::remove_file(config.data_dir.join(LISTEN_FILE));
     let node = Node::start(config.clone()).await?;
     if !node.wait_ready(Duration::from_secs(30)).await {
         anyhow::bail!("the catalog group elected no leader within 30 s");
@@ -102,6 +103,7 @@ pub async fn run(
             .await
             .map_err(anyhow::Error::from)
     });
+    write_listen_file(&config, &bound)?;
     on_ready(&bound);
 
     shutdown.await;
@@ -150,6 +152,23 @@ compression_for!(
     TablesServer<api::tables::TablesService>,
     ClusterServer<api::cluster::ClusterService>
 );
+
+/// Name of the file, in the data directory, where a serving node writes the addresses it bound
+/// (ports chosen by the OS when configured as 0): for scripts, tests and operators.
+pub const LISTEN_FILE: &str = "listen.json";
+
+fn write_listen_file(config: &ServerConfig, bound: &BoundAddresses) -> anyhow::Result<()> {
+    let json = serde_json::json!({
+        "api": bound.api,
+        "replication": bound.replication,
+        "rest": bound.rest,
+        "pid": std::process::id(),
+    });
+    let temporary = config.data_dir.join(format!("{LISTEN_FILE}.tmp"));
+    std::fs::write(&temporary, serde_json::to_vec_pretty(&json)?)?;
+    std::fs::rename(&temporary, config.data_dir.join(LISTEN_FILE))?;
+    Ok(())
+}
 
 async fn wait_for(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;

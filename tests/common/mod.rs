@@ -1,0 +1,235 @@
+//! Black-box harness: runs the real `armada` binary on loopback with ports chosen by the OS,
+//! learns the bound addresses from `<data-dir>/listen.json`, and talks gRPC to it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use armada_proto::regatta::v1::cluster_client::ClusterClient;
+use armada_proto::regatta::v1::kv_client::KvClient;
+use armada_proto::regatta::v1::tables_client::TablesClient;
+use armada_proto::regatta::v1::{CreateTableRequest, PutRequest, RangeRequest};
+use tonic::transport::Channel;
+
+pub const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct Armada {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub api: String,
+    pub replication: String,
+    pub rest: String,
+    extra_args: Vec<String>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Armada {
+    /// Starts a single-node leader in a fresh temporary data directory.
+    pub fn start() -> Armada {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let data_dir = temp.path().to_path_buf();
+        let mut armada = Armada::start_in(&data_dir, &[]);
+        armada._temp = Some(temp);
+        armada
+    }
+
+    /// Starts a single-node leader on an existing data directory with extra flags.
+    pub fn start_in(data_dir: &Path, extra_args: &[&str]) -> Armada {
+        let mut armada = Armada {
+            child: None,
+            data_dir: data_dir.to_path_buf(),
+            api: String::new(),
+            replication: String::new(),
+            rest: String::new(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            _temp: None,
+        };
+        armada.spawn();
+        armada
+    }
+
+    fn spawn(&mut self) {
+        let listen_file = self.data_dir.join("listen.json");
+        let _ = std::fs::remove_file(&listen_file);
+        let log = std::fs::File::create(self.data_dir.join("armada.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_armada"))
+            .arg("leader")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--raft.node-id", "1", "--raft.address", "127.0.0.1:1"])
+            .args(["--api.address", "http://127.0.0.1:0"])
+            .args(["--replication.address", "http://127.0.0.1:0"])
+            .args(["--rest.address", "http://127.0.0.1:0"])
+            .args(["--log-level", "info"])
+            .args(&self.extra_args)
+            .env_remove("RUST_LOG")
+            .current_dir(&self.data_dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn armada");
+        self.child = Some(child);
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        loop {
+            if let Ok(bytes) = std::fs::read(&listen_file) {
+                let json: serde_json::Value = serde_json::from_slice(&bytes).expect("listen.json");
+                self.api = json["api"].as_str().expect("api").to_string();
+                self.replication = json["replication"]
+                    .as_str()
+                    .expect("replication")
+                    .to_string();
+                self.rest = json["rest"].as_str().expect("rest").to_string();
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("armada exited during start-up ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "armada did not start within {STARTUP_DEADLINE:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("armada.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// kill -9: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("armada did not stop on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop it first");
+        self.spawn();
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.api.clone())
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub async fn kv(&self) -> KvClient<Channel> {
+        KvClient::new(self.channel().await)
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024)
+    }
+
+    pub async fn tables(&self) -> TablesClient<Channel> {
+        TablesClient::new(self.channel().await)
+    }
+
+    pub async fn cluster(&self) -> ClusterClient<Channel> {
+        ClusterClient::new(self.channel().await)
+    }
+
+    pub async fn create_table(&self, name: &str) -> String {
+        self.tables()
+            .await
+            .create(CreateTableRequest {
+                name: name.into(),
+                config: None,
+            })
+            .await
+            .expect("create table")
+            .into_inner()
+            .id
+    }
+}
+
+impl Drop for Armada {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn put(table: &str, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> PutRequest {
+    PutRequest {
+        table: table.as_bytes().to_vec().into(),
+        key: key.into().into(),
+        value: value.into().into(),
+        prev_kv: false,
+    }
+}
+
+pub fn get(table: &str, key: impl Into<Vec<u8>>) -> RangeRequest {
+    RangeRequest {
+        table: table.as_bytes().to_vec().into(),
+        key: key.into().into(),
+        ..Default::default()
+    }
+}
+
+pub fn range(table: &str, key: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) -> RangeRequest {
+    RangeRequest {
+        table: table.as_bytes().to_vec().into(),
+        key: key.into().into(),
+        range_end: end.into().into(),
+        ..Default::default()
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback (no client library needed): (status code, body).
+pub fn http_get(base: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let authority = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(authority).expect("connect rest");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
