@@ -11,3 +11,4 @@ pub mod node;
 pub mod rest;
 pub mod server;
 pub mod telemetry;
+pub mod transport;
