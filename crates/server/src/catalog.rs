@@ -7,7 +7,7 @@
 //! table groups from it at once (no polling interval).
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::sync::Arc;
 
 use armada_storage::{FIRST_TABLE_ID, Storage, TableId};
@@ -17,7 +17,7 @@ use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::groups::snapshot_store::SnapshotStore;
+use crate::groups::snapshot::SnapshotData;
 use crate::groups::types::{
     LogId, RaftAppliedState, Response, SnapshotMeta, StoredMembership, TypeConfig,
 };
@@ -101,11 +101,11 @@ pub struct CatalogStateMachine {
     keyspace: armada_storage::fjall::Keyspace,
     current: Arc<tokio::sync::Mutex<PersistedCatalog>>,
     published: Arc<watch::Sender<Arc<CatalogState>>>,
-    snapshots: SnapshotStore,
+    storage: Storage,
 }
 
 impl CatalogStateMachine {
-    pub fn open(storage: &Storage, snapshots: SnapshotStore) -> io::Result<Self> {
+    pub fn open(storage: &Storage) -> io::Result<Self> {
         let keyspace = storage.keyspace("catalog").map_err(io::Error::other)?;
         let persisted: PersistedCatalog =
             match keyspace.get(RECORD_KEY).map_err(io::Error::other)? {
@@ -118,7 +118,7 @@ impl CatalogStateMachine {
             keyspace,
             current: Arc::new(tokio::sync::Mutex::new(persisted)),
             published: Arc::new(published),
-            snapshots,
+            storage: storage.clone(),
         })
     }
 
@@ -135,41 +135,58 @@ impl CatalogStateMachine {
     }
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for CatalogStateMachine {
-    type SnapshotData = std::fs::File;
-
-    async fn build_snapshot(
-        &mut self,
-    ) -> Result<openraft::alias::SnapshotOf<TypeConfig, std::fs::File>, io::Error> {
+impl CatalogStateMachine {
+    /// The current registry as a snapshot (made durable first, see `groups::snapshot`).
+    async fn current_snapshot(
+        &self,
+    ) -> io::Result<Option<openraft::alias::SnapshotOf<TypeConfig, SnapshotData>>> {
+        let storage = self.storage.clone();
+        tokio::task::spawn_blocking(move || storage.sync())
+            .await
+            .map_err(io::Error::other)?
+            .map_err(io::Error::other)?;
         let current = self.current.lock().await;
+        if current.raft.last_applied.is_none() {
+            return Ok(None);
+        }
         let meta = SnapshotMeta {
-            last_log_id: current.raft.last_applied.clone(),
+            last_log_id: current.raft.last_applied,
             last_membership: current.raft.last_membership.clone(),
         };
         let bytes = serde_json::to_vec(&current.state).map_err(io::Error::other)?;
-        drop(current);
-        let snapshots = self.snapshots.clone();
-        let meta_for_write = meta.clone();
-        let file = tokio::task::spawn_blocking(move || {
-            snapshots.save(&meta_for_write, |out: &mut dyn Write| out.write_all(&bytes))
-        })
-        .await
-        .map_err(io::Error::other)??;
-        Ok(openraft::alias::SnapshotOf::<TypeConfig, std::fs::File> {
+        Ok(Some(openraft::alias::SnapshotOf::<
+            TypeConfig,
+            SnapshotData,
+        > {
             meta,
-            snapshot: file,
-        })
+            snapshot: SnapshotData::Bytes(bytes.into()),
+        }))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for CatalogStateMachine {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(
+        &mut self,
+    ) -> Result<openraft::alias::SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
+        match self.current_snapshot().await? {
+            Some(snapshot) => Ok(snapshot),
+            None => Err(io::Error::other(
+                "nothing applied yet: no snapshot to build",
+            )),
+        }
     }
 }
 
 impl RaftStateMachine<TypeConfig> for CatalogStateMachine {
-    type SnapshotData = std::fs::File;
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
         let current = self.current.lock().await;
         Ok((
-            current.raft.last_applied.clone(),
+            current.raft.last_applied,
             current.raft.last_membership.clone(),
         ))
     }
@@ -181,7 +198,7 @@ impl RaftStateMachine<TypeConfig> for CatalogStateMachine {
         let mut current = self.current.lock().await;
         let mut responders = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
-            current.raft.last_applied = Some(entry.log_id.clone());
+            current.raft.last_applied = Some(entry.log_id);
             let response = match &entry.payload {
                 EntryPayload::Blank => Response::Empty,
                 EntryPayload::Normal(request) => {
@@ -194,7 +211,7 @@ impl RaftStateMachine<TypeConfig> for CatalogStateMachine {
                 }
                 EntryPayload::Membership(membership) => {
                     current.raft.last_membership =
-                        StoredMembership::new(Some(entry.log_id.clone()), membership.clone());
+                        StoredMembership::new(Some(entry.log_id), membership.clone());
                     Response::Empty
                 }
             };
@@ -218,34 +235,32 @@ impl RaftStateMachine<TypeConfig> for CatalogStateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        mut snapshot: std::fs::File,
+        snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        let mut bytes = Vec::new();
-        snapshot.read_to_end(&mut bytes)?;
+        let bytes = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+            let mut bytes = Vec::new();
+            snapshot.into_reader()?.read_to_end(&mut bytes)?;
+            Ok(bytes)
+        })
+        .await
+        .map_err(io::Error::other)??;
         let state: CatalogState = serde_json::from_slice(&bytes)
             .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
         let mut current = self.current.lock().await;
         current.state = state;
         current.raft = RaftAppliedState {
-            last_applied: meta.last_log_id.clone(),
+            last_applied: meta.last_log_id,
             last_membership: meta.last_membership.clone(),
         };
         self.persist(&current)?;
         self.published.send_replace(Arc::new(current.state.clone()));
-        let snapshots = self.snapshots.clone();
-        let meta = meta.clone();
-        tokio::task::spawn_blocking(move || {
-            snapshots.save(&meta, |out: &mut dyn Write| out.write_all(&bytes))
-        })
-        .await
-        .map_err(io::Error::other)??;
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
-    ) -> Result<Option<openraft::alias::SnapshotOf<TypeConfig, std::fs::File>>, io::Error> {
-        self.snapshots.current()
+    ) -> Result<Option<openraft::alias::SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
+        self.current_snapshot().await
     }
 }
 

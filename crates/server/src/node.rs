@@ -21,7 +21,6 @@ use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::groups::log::LogEngine;
 use crate::groups::network::NoTransport;
-use crate::groups::snapshot_store::SnapshotStore;
 use crate::groups::table_sm::TableStateMachine;
 use crate::groups::types::{Request, Response};
 use crate::groups::{CatalogRaft, TableRaft};
@@ -87,8 +86,7 @@ impl Node {
             config.raft.compaction_overhead,
         )?;
         let node_id = NodeId(config.raft.node_id);
-        let catalog_sm =
-            CatalogStateMachine::open(&storage, snapshot_store(&config, CATALOG_GROUP))?;
+        let catalog_sm = CatalogStateMachine::open(&storage)?;
         let catalog_state = catalog_sm.subscribe();
         let catalog = openraft::Raft::new(
             node_id.get(),
@@ -145,10 +143,10 @@ impl Node {
             let Some(record) = catalog.tables.get(name) else {
                 return Err(ApiError::TableNotFound);
             };
-            if let Some(group) = self.running().get(name) {
-                if group.id == record.table_id() {
-                    return Ok(group.clone());
-                }
+            if let Some(group) = self.running().get(name)
+                && group.id == record.table_id()
+            {
+                return Ok(group.clone());
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(ApiError::Unavailable(format!(
@@ -203,8 +201,7 @@ impl Node {
 
     async fn start_table(&self, name: &str, id: TableId) -> anyhow::Result<Arc<TableGroup>> {
         let table = tokio::task::block_in_place(|| Table::open(&self.storage, id))?;
-        let state_machine =
-            TableStateMachine::open(table.clone(), snapshot_store(&self.config, id))?;
+        let state_machine = TableStateMachine::open(table.clone(), self.storage.clone())?;
         let raft = openraft::Raft::new(
             self.node_id.get(),
             self.raft_config.clone(),
@@ -232,7 +229,6 @@ impl Node {
         let id = group.id;
         tokio::task::block_in_place(|| Table::destroy(&storage, id))?;
         self.log.destroy_group(id)?;
-        snapshot_store(&self.config, id).destroy()?;
         tracing::info!(
             table = group.name,
             id = id.get(),
@@ -351,15 +347,6 @@ impl Node {
     pub fn log_engine(&self) -> &Arc<LogEngine> {
         &self.log
     }
-}
-
-fn snapshot_store(config: &ServerConfig, group: TableId) -> SnapshotStore {
-    SnapshotStore::new(
-        config
-            .data_dir
-            .join("snapshots")
-            .join(group.get().to_string()),
-    )
 }
 
 async fn initialize_if_new<SM>(

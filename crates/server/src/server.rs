@@ -261,7 +261,15 @@ impl Listener {
     {
         match self {
             Listener::Tcp(listener) => {
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                // Small request/response messages: never wait for Nagle's algorithm.
+                let incoming = tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    |stream| {
+                        stream.inspect(|stream| {
+                            let _ = stream.set_nodelay(true);
+                        })
+                    },
+                );
                 router.serve_with_incoming_shutdown(incoming, stop).await?;
             }
             Listener::Unix(listener, _) => {

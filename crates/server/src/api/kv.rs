@@ -261,7 +261,7 @@ fn stream_chunks(
         let last_key = outcome.kvs.last().map(|kv| kv.key.clone());
         let continues = outcome.more && !limit_reached && last_key.is_some() && !query.count_only;
         let message = RangeResponse {
-            header: Some(header.clone()),
+            header: Some(header),
             kvs: outcome.kvs,
             more: outcome.more,
             count: outcome.count,

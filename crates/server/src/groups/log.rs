@@ -323,7 +323,7 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged: Option<LogId> = self.read_state(TAG_PURGED)?;
-        let last = self.last_entry_log_id()?.or_else(|| last_purged.clone());
+        let last = self.last_entry_log_id()?.or(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last,
@@ -379,7 +379,7 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         // Record the purge point first: entries at or below it are then never read again.
-        self.write_state(TAG_PURGED, &Some(log_id.clone()), false)?;
+        self.write_state(TAG_PURGED, &Some(log_id), false)?;
         self.remove_range(0, Some(log_id.index))
     }
 }
@@ -445,7 +445,7 @@ mod tests {
                     payload: EntryPayload::Normal(Request(Bytes::from(format!("c{index}")))),
                 })
                 .collect();
-            let (tx, rx) = tokio::sync::oneshot::channel();
+            let (tx, rx) = <TypeConfig as openraft::type_config::TypeConfigExt>::oneshot();
             log.append(entries.clone(), IOFlushed::signal(tx))
                 .await
                 .expect("append");

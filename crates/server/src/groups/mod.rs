@@ -4,7 +4,7 @@
 
 pub mod log;
 pub mod network;
-pub mod snapshot_store;
+pub mod snapshot;
 pub mod table_sm;
 pub mod types;
 

@@ -42,7 +42,7 @@ impl RaftNetworkFactory<TypeConfig> for NoTransport {
 }
 
 impl RaftNetworkV2<TypeConfig> for UnreachablePeer {
-    type SnapshotData = std::fs::File;
+    type SnapshotData = super::snapshot::SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -63,7 +63,7 @@ impl RaftNetworkV2<TypeConfig> for UnreachablePeer {
     async fn full_snapshot(
         &mut self,
         _vote: Vote,
-        _snapshot: openraft::alias::SnapshotOf<TypeConfig, std::fs::File>,
+        _snapshot: openraft::alias::SnapshotOf<TypeConfig, super::snapshot::SnapshotData>,
         _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {

@@ -7,7 +7,7 @@
 //! After each batch the applied revision is published for waiters (linearizable reads,
 //! read-your-writes).
 
-use std::io::{self, Seek, Write};
+use std::io;
 
 use armada_storage::{LogIndex, Revision};
 use armada_table::{AppliedPosition, ApplyEntry, ApplyOutcome, Table, pb};
@@ -17,27 +17,27 @@ use openraft::{EntryPayload, OptionalSend};
 use prost::Message;
 use tokio::sync::watch;
 
-use super::snapshot_store::SnapshotStore;
+use super::snapshot::SnapshotData;
 use super::types::{LogId, RaftAppliedState, Response, SnapshotMeta, StoredMembership, TypeConfig};
 
 #[derive(Clone)]
 pub struct TableStateMachine {
     table: Table,
     applied: std::sync::Arc<watch::Sender<AppliedPosition>>,
-    snapshots: SnapshotStore,
+    storage: armada_storage::Storage,
     /// Last applied membership, kept to stamp positions of batches that carry none.
     membership: std::sync::Arc<std::sync::Mutex<StoredMembership>>,
 }
 
 impl TableStateMachine {
-    pub fn open(table: Table, snapshots: SnapshotStore) -> io::Result<Self> {
+    pub fn open(table: Table, storage: armada_storage::Storage) -> io::Result<Self> {
         let position = table.applied_position().map_err(io::Error::other)?;
         let raft_state = RaftAppliedState::decode(&position.raft_state)?;
         let (applied, _) = watch::channel(position);
         Ok(TableStateMachine {
             table,
             applied: std::sync::Arc::new(applied),
-            snapshots,
+            storage,
             membership: std::sync::Arc::new(std::sync::Mutex::new(raft_state.last_membership)),
         })
     }
@@ -59,36 +59,53 @@ fn decode_command(bytes: &[u8]) -> Result<pb::Command, String> {
     pb::Command::decode(bytes).map_err(|error| format!("undecodable command: {error}"))
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for TableStateMachine {
-    type SnapshotData = std::fs::File;
-
-    async fn build_snapshot(
-        &mut self,
-    ) -> Result<openraft::alias::SnapshotOf<TypeConfig, std::fs::File>, io::Error> {
+impl TableStateMachine {
+    /// The current state as a snapshot: durable first (the log below it may then be purged),
+    /// then described by the position of a point-in-time view of it.
+    async fn current_snapshot(
+        &self,
+    ) -> io::Result<Option<openraft::alias::SnapshotOf<TypeConfig, SnapshotData>>> {
+        let storage = self.storage.clone();
+        tokio::task::spawn_blocking(move || storage.sync())
+            .await
+            .map_err(io::Error::other)?
+            .map_err(io::Error::other)?;
         let view = self.table.read_view();
         let raft_state = RaftAppliedState::decode(&view.position().raft_state)?;
+        if raft_state.last_applied.is_none() {
+            return Ok(None);
+        }
         let meta = SnapshotMeta {
             last_log_id: raft_state.last_applied,
             last_membership: raft_state.last_membership,
         };
-        let snapshots = self.snapshots.clone();
-        let meta_for_write = meta.clone();
-        let file = tokio::task::spawn_blocking(move || {
-            snapshots.save(&meta_for_write, |out: &mut dyn Write| {
-                view.write_snapshot(out).map_err(io::Error::other)
-            })
-        })
-        .await
-        .map_err(io::Error::other)??;
-        Ok(openraft::alias::SnapshotOf::<TypeConfig, std::fs::File> {
+        Ok(Some(openraft::alias::SnapshotOf::<
+            TypeConfig,
+            SnapshotData,
+        > {
             meta,
-            snapshot: file,
-        })
+            snapshot: SnapshotData::View(view),
+        }))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for TableStateMachine {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(
+        &mut self,
+    ) -> Result<openraft::alias::SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
+        match self.current_snapshot().await? {
+            Some(snapshot) => Ok(snapshot),
+            None => Err(io::Error::other(
+                "nothing applied yet: no snapshot to build",
+            )),
+        }
     }
 }
 
 impl RaftStateMachine<TypeConfig> for TableStateMachine {
-    type SnapshotData = std::fs::File;
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
@@ -110,11 +127,11 @@ impl RaftStateMachine<TypeConfig> for TableStateMachine {
                 EntryPayload::Normal(request) => decode_command(&request.0).map(Some),
                 EntryPayload::Blank => Ok(None),
                 EntryPayload::Membership(config) => {
-                    membership = StoredMembership::new(Some(entry.log_id.clone()), config.clone());
+                    membership = StoredMembership::new(Some(entry.log_id), config.clone());
                     Ok(None)
                 }
             });
-            log_ids.push(entry.log_id.clone());
+            log_ids.push(entry.log_id);
             responders.push(responder);
         }
         let Some(last) = log_ids.last().cloned() else {
@@ -133,7 +150,7 @@ impl RaftStateMachine<TypeConfig> for TableStateMachine {
             revision: Revision::from_leader_cluster_log_index(LogIndex(last.index)),
             leader_index: None,
             raft_state: RaftAppliedState {
-                last_applied: Some(last.clone()),
+                last_applied: Some(last),
                 last_membership: membership.clone(),
             }
             .encode(),
@@ -167,22 +184,15 @@ impl RaftStateMachine<TypeConfig> for TableStateMachine {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta,
-        mut snapshot: std::fs::File,
+        _meta: &SnapshotMeta,
+        snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
         let table = self.table.clone();
-        let snapshots = self.snapshots.clone();
-        let meta = meta.clone();
         let position = tokio::task::spawn_blocking(move || -> io::Result<AppliedPosition> {
-            snapshot.rewind()?;
-            let position = table
-                .install_snapshot(&mut io::BufReader::new(&mut snapshot))
-                .map_err(io::Error::other)?;
-            snapshot.rewind()?;
-            snapshots.save(&meta, |out: &mut dyn Write| {
-                io::copy(&mut snapshot, out).map(|_| ())
-            })?;
-            Ok(position)
+            let mut reader = snapshot.into_reader()?;
+            table
+                .install_snapshot(&mut reader)
+                .map_err(io::Error::other)
         })
         .await
         .map_err(io::Error::other)??;
@@ -196,7 +206,7 @@ impl RaftStateMachine<TypeConfig> for TableStateMachine {
 
     async fn get_current_snapshot(
         &mut self,
-    ) -> Result<Option<openraft::alias::SnapshotOf<TypeConfig, std::fs::File>>, io::Error> {
-        self.snapshots.current()
+    ) -> Result<Option<openraft::alias::SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
+        self.current_snapshot().await
     }
 }
