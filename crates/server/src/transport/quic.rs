@@ -234,7 +234,8 @@ impl QuicTransport {
         client_config.transport_config(transport_config);
 
         let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &tls.reset_secret);
-        let endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key.clone()));
+        endpoint_config.cid_generator(move || Box::new(KeyedConnectionIds::new(reset_key.clone())));
         let socket = std::net::UdpSocket::bind(config.listen).map_err(|error| {
             TransportError::Setup(format!("binding {}: {error}", config.listen))
         })?;
@@ -318,6 +319,19 @@ impl QuicTransport {
         self.endpoint
             .close(VarInt::from_u32(CODE_SHUTDOWN), b"node shutting down");
         self.endpoint.wait_idle().await;
+    }
+
+    /// Test support, a `kill -9`: frees this node's port without telling any peer. The endpoint
+    /// moves to a fresh port, from which its packets are ignored by the peers it dialled (a
+    /// QUIC client drops packets from an address other than its server's).
+    #[cfg(test)]
+    pub(crate) fn simulate_crash(&self) {
+        // Twice: quinn keeps the previous socket open for packets still in flight.
+        for _ in 0..2 {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a spare socket");
+            self.endpoint.rebind(socket).expect("rebind");
+        }
+        self.closed.store(true, Ordering::SeqCst);
     }
 
     fn link(&self, peer: PeerId) -> Result<Arc<PeerLink>, TransportError> {
@@ -524,6 +538,67 @@ impl PeerLink {
                 })
             }
         }
+    }
+}
+
+/// Connection ids a later incarnation of this node recognises: a random nonce followed by a
+/// keyed tag of it. quinn answers a packet for an unknown connection with a stateless reset only
+/// if its id generator accepts the id; with quinn's default generator (a random key per
+/// process) a restarted node would drop its peers' packets silently, and they would wait for
+/// the idle timeout. The key is the stateless-reset key, stable across restarts.
+struct KeyedConnectionIds {
+    key: ring::hmac::Key,
+    random: ring::rand::SystemRandom,
+}
+
+const CONNECTION_ID_NONCE_BYTES: usize = 8;
+const CONNECTION_ID_TAG_BYTES: usize = 4;
+
+impl KeyedConnectionIds {
+    fn new(key: ring::hmac::Key) -> KeyedConnectionIds {
+        KeyedConnectionIds {
+            key,
+            random: ring::rand::SystemRandom::new(),
+        }
+    }
+
+    fn tag(&self, nonce: &[u8]) -> [u8; CONNECTION_ID_TAG_BYTES] {
+        let signature = ring::hmac::sign(&self.key, nonce);
+        let mut tag = [0u8; CONNECTION_ID_TAG_BYTES];
+        tag.copy_from_slice(&signature.as_ref()[..CONNECTION_ID_TAG_BYTES]);
+        tag
+    }
+}
+
+impl quinn::ConnectionIdGenerator for KeyedConnectionIds {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        let mut id = [0u8; CONNECTION_ID_NONCE_BYTES + CONNECTION_ID_TAG_BYTES];
+        // The operating system's random source does not fail on the platforms we run on.
+        ring::rand::SecureRandom::fill(&self.random, &mut id[..CONNECTION_ID_NONCE_BYTES])
+            .expect("the system random source failed");
+        let tag = self.tag(&id[..CONNECTION_ID_NONCE_BYTES]);
+        id[CONNECTION_ID_NONCE_BYTES..].copy_from_slice(&tag);
+        quinn::ConnectionId::new(&id)
+    }
+
+    fn validate(&self, id: &quinn::ConnectionId) -> Result<(), quinn_proto::InvalidCid> {
+        if id.len() != self.cid_len() {
+            return Err(quinn_proto::InvalidCid);
+        }
+        let (nonce, tag) = id.split_at(CONNECTION_ID_NONCE_BYTES);
+        if self.tag(nonce) == tag {
+            Ok(())
+        } else {
+            Err(quinn_proto::InvalidCid)
+        }
+    }
+
+    fn cid_len(&self) -> usize {
+        CONNECTION_ID_NONCE_BYTES + CONNECTION_ID_TAG_BYTES
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
     }
 }
 

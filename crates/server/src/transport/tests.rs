@@ -429,6 +429,58 @@ async fn a_peer_restarted_on_the_same_port_is_reconnected() {
 }
 
 #[tokio::test]
+async fn a_crashed_peer_restarted_on_the_same_port_is_reconnected_before_the_idle_timeout() {
+    // A long idle timeout: only the restarted peer's stateless reset (its reset key is stable
+    // across restarts) can end the old connection within the attempts below.
+    let limits = QuicLimits {
+        idle_timeout: Duration::from_secs(60),
+        ..QuicLimits::default()
+    };
+    let first = start_node(
+        1,
+        TlsMode::SelfSigned,
+        limits,
+        Arc::new(EchoHandler::new(1)),
+    )
+    .await;
+    let second = start_node(
+        2,
+        TlsMode::SelfSigned,
+        QuicLimits::default(),
+        Arc::new(EchoHandler::new(2)),
+    )
+    .await;
+    introduce(&[first.clone(), second.clone()]);
+    first
+        .call(2, Bytes::from_static(b"before"), TIMEOUT)
+        .await
+        .expect("before the crash");
+    let address = second.local_addr().expect("address");
+    second.simulate_crash();
+
+    let restarted = restart_node(2, address).await;
+    let mut outcomes = Vec::new();
+    for _ in 0..5 {
+        let outcome = first
+            .call(2, Bytes::from_static(b"after"), Duration::from_secs(1))
+            .await;
+        let reconnected = outcome.is_ok();
+        outcomes.push(outcome);
+        if reconnected {
+            break;
+        }
+    }
+    assert_eq!(
+        outcomes.last(),
+        Some(&Ok(Bytes::from_static(b"node 2 from 1: after"))),
+        "{outcomes:?}"
+    );
+    first.shutdown().await;
+    second.shutdown().await;
+    restarted.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_call_to_a_dead_peer_fails_within_its_timeout() {
     let nodes = cluster(1).await;
     // A bound socket that never answers: the handshake cannot complete.
