@@ -188,32 +188,33 @@ impl MemoryTransport {
         let received: BodyStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver));
         let mut task =
             tokio::spawn(async move { handler.handle_stream(from, header, received).await });
+        // Ok once the body is sent (or the handler stopped reading it); an error of the body or
+        // the link is handed to the handler as the body's abnormal end, and returned.
         let sending = async {
             while let Some(item) = body.next().await {
-                let pieces: Vec<Result<Bytes, TransportError>> = match item {
-                    Ok(item) => split_into_chunks(item, STREAM_CHUNK_BYTES)
-                        .map(Ok)
-                        .collect(),
-                    Err(error) => vec![Err(error)],
+                let pieces = match item {
+                    Ok(item) => split_into_chunks(item, STREAM_CHUNK_BYTES),
+                    Err(error) => {
+                        let _ = chunks.send(Err(error.clone())).await;
+                        return Err(error);
+                    }
                 };
                 for piece in pieces {
-                    let piece = match self.route(target) {
-                        Ok(_) => piece,
-                        Err(error) => Err(error),
-                    };
-                    let failed = piece.as_ref().err().cloned();
-                    if chunks.send(piece).await.is_err() {
-                        return; // the handler stopped reading
+                    if let Err(error) = self.deliver(target, ()) {
+                        let _ = chunks.send(Err(error.clone())).await;
+                        return Err(error);
                     }
-                    if failed.is_some() {
-                        return;
+                    if chunks.send(Ok(piece)).await.is_err() {
+                        return Ok(()); // the handler stopped reading
                     }
                 }
             }
+            Ok(())
         };
         let joined = tokio::select! {
             joined = &mut task => joined,
-            () = sending => {
+            sent = sending => {
+                sent?;
                 drop(chunks);
                 (&mut task).await
             }
@@ -385,5 +386,21 @@ mod tests {
             .expect("stream");
         let expected = crate::transport::tests::describe_body(&[item]);
         assert_eq!(response, expected);
+
+        let failing: BodyStream = Box::pin(futures::stream::iter(vec![
+            Ok(Bytes::from_static(b"first")),
+            Err(TransportError::Remote(
+                "the snapshot reader failed".to_string(),
+            )),
+        ]));
+        let response = transports[0]
+            .call_stream(2, Bytes::from_static(b"h"), failing, TIMEOUT)
+            .await;
+        assert_eq!(
+            response,
+            Err(TransportError::Remote(
+                "the snapshot reader failed".to_string()
+            ))
+        );
     }
 }

@@ -430,15 +430,19 @@ impl QuicTransport {
             // The acceptor answered before the whole body was sent: its answer stands.
             futures::future::Either::Right((response, _sending)) => response,
             futures::future::Either::Left((Ok(()), receiving)) => receiving.await,
-            // A refused or abandoned body: the acceptor's answer, if any, says why.
-            futures::future::Either::Left((Err(send_error), receiving)) => match receiving.await {
-                Ok(_) if matches!(send_error, SendBodyError::Body(_)) => {
-                    Err(send_error.into_transport_error())
+            // The caller's own body failed: that is the error, whatever the acceptor makes of
+            // the abandoned stream.
+            futures::future::Either::Left((Err(SendBodyError::Body(error)), _receiving)) => {
+                Err(error)
+            }
+            // A refused body (the acceptor stopped the stream): its answer says why.
+            futures::future::Either::Left((Err(SendBodyError::Write(write_error)), receiving)) => {
+                match receiving.await {
+                    Ok(response) => Ok(response),
+                    Err(TransportError::Interrupted { .. }) => Err(write_error),
+                    Err(error) => Err(error),
                 }
-                Ok(response) => Ok(response),
-                Err(TransportError::Interrupted { .. }) => Err(send_error.into_transport_error()),
-                Err(error) => Err(error),
-            },
+            }
         }
     }
 }
@@ -759,14 +763,6 @@ enum SendBodyError {
     Body(TransportError),
     /// The QUIC stream failed (or the acceptor stopped reading).
     Write(TransportError),
-}
-
-impl SendBodyError {
-    fn into_transport_error(self) -> TransportError {
-        match self {
-            SendBodyError::Body(error) | SendBodyError::Write(error) => error,
-        }
-    }
 }
 
 /// Sends a stream header, the body in chunks of at most `chunk_bytes`, and the end marker.

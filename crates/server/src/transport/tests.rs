@@ -86,9 +86,12 @@ impl Handler for EchoHandler {
     async fn handle_stream(
         &self,
         _from: PeerId,
-        _header: Bytes,
+        header: Bytes,
         mut body: BodyStream,
     ) -> Result<Bytes, String> {
+        if header.as_ref() == b"early" {
+            return Ok(Bytes::from_static(b"answered before the body"));
+        }
         let mut hasher = crc32fast::Hasher::new();
         let mut length = 0u64;
         let mut oversized = 0;
@@ -372,6 +375,44 @@ async fn a_stalled_stream_does_not_delay_small_calls() {
         response,
         describe_generated_body(BODY_BYTES, STREAM_CHUNK_BYTES)
     );
+    shutdown(&nodes).await;
+}
+
+#[tokio::test]
+async fn a_handler_may_answer_early_and_a_failing_body_fails_the_call() {
+    let nodes = cluster(2).await;
+    // An endless body: only the early answer can end this call.
+    let endless: BodyStream = Box::pin(futures::stream::repeat_with(|| {
+        Ok(Bytes::from(vec![0u8; STREAM_CHUNK_BYTES]))
+    }));
+    let response = nodes[0]
+        .call_stream(2, Bytes::from_static(b"early"), endless, TIMEOUT)
+        .await;
+    assert_eq!(
+        response,
+        Ok(Bytes::from_static(b"answered before the body"))
+    );
+
+    let failing: BodyStream = Box::pin(futures::stream::iter(vec![
+        Ok(Bytes::from_static(b"first")),
+        Err(TransportError::Remote(
+            "the snapshot reader failed".to_string(),
+        )),
+    ]));
+    let response = nodes[0]
+        .call_stream(2, Bytes::from_static(b"snapshot"), failing, TIMEOUT)
+        .await;
+    assert_eq!(
+        response,
+        Err(TransportError::Remote(
+            "the snapshot reader failed".to_string()
+        ))
+    );
+    // Both left the connection usable.
+    nodes[0]
+        .call(2, Bytes::from_static(b"still there"), TIMEOUT)
+        .await
+        .expect("after the streams");
     shutdown(&nodes).await;
 }
 
