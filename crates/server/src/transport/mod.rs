@@ -6,9 +6,9 @@
 //! message. A snapshot install is the same exchange with a large body streamed after a small
 //! header ([`Transport::call_stream`]), so neither side ever holds the whole snapshot in memory.
 //!
-//! The bytes are opaque here: encoding Raft messages is the Raft glue's business
-//! (`groups::network`), and this module knows nothing of groups, terms or tables. Two
-//! implementations share the [`Transport`] trait:
+//! The bytes are opaque here: encoding Raft messages is the Raft glue's business, and this
+//! module knows nothing of groups, terms or tables. Two implementations share the
+//! [`Transport`] trait:
 //!
 //! - [`quic::QuicTransport`], the real one: QUIC (quinn) with one connection per peer pair and one
 //!   bidirectional stream per exchange, so a snapshot streaming on one stream never delays a
