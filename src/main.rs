@@ -6,7 +6,11 @@ mod cmd;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "armada", version, about = "Geo-distributed key-value store (Regatta API)")]
+#[command(
+    name = "armada",
+    version,
+    about = "Geo-distributed key-value store (Regatta API)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,7 +21,7 @@ enum Command {
     /// Run a node of the leader cluster.
     Leader(Box<cmd::leader::LeaderArgs>),
     /// Run a complete local topology with no set-up (data in ./armada-data).
-    Dev(cmd::dev::DevArgs),
+    Dev(Box<cmd::dev::DevArgs>),
     /// Read and write keys (get, put, del, txn).
     Kv(cmd::kv::KvArgs),
     /// Create, list and delete tables.
@@ -34,7 +38,10 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -44,7 +51,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Leader(args) => cmd::leader::run(*args).await,
-            Command::Dev(args) => cmd::dev::run(args).await,
+            Command::Dev(args) => cmd::dev::run(*args).await,
             Command::Kv(args) => cmd::kv::run(args).await,
             Command::Table(args) => cmd::table::run(args).await,
             Command::Status(args) => cmd::status::run(args).await,

@@ -96,7 +96,7 @@ async fn dev_starts_from_an_empty_directory() {
             "--rest.address",
             "http://127.0.0.1:0",
             "--raft.address",
-            "127.0.0.1:1",
+            "127.0.0.1:0",
         ])
         .current_dir(dir.path())
         .stdout(Stdio::piped())

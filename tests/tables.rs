@@ -217,7 +217,7 @@ fn bad_configuration_fails_start_up_naming_the_key() {
         .args([
             "leader",
             "--raft.address",
-            "127.0.0.1:1",
+            "127.0.0.1:0",
             "--api.address",
             "http://127.0.0.1:0",
         ])

@@ -19,12 +19,23 @@ pub struct DevArgs {
 
 /// Defaults of the dev topology: everything on loopback, logs terse.
 fn dev_defaults() -> ServerConfig {
-    let mut config = ServerConfig::default();
-    config.log_level = "warn".into();
-    config.api.address = "http://127.0.0.1:8443".into();
-    config.replication.address = "http://127.0.0.1:8444".into();
-    config.raft.address = "127.0.0.1:8445".into();
-    config
+    let defaults = ServerConfig::default();
+    ServerConfig {
+        log_level: "warn".into(),
+        api: armada_server::config::ApiConfig {
+            address: "http://127.0.0.1:8443".into(),
+            ..defaults.api.clone()
+        },
+        replication: armada_server::config::ReplicationConfig {
+            address: "http://127.0.0.1:8444".into(),
+            ..defaults.replication.clone()
+        },
+        raft: armada_server::config::RaftSettings {
+            address: "127.0.0.1:8445".into(),
+            ..defaults.raft.clone()
+        },
+        ..defaults
+    }
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {

@@ -63,6 +63,15 @@ pub struct ServerFlags {
     /// Log entries kept after a snapshot, for follower clusters [default: 5000]
     #[arg(long = "raft.compaction-overhead")]
     pub raft_compaction_overhead: Option<String>,
+    /// Cluster CA certificate (PEM) for mutual TLS between nodes
+    #[arg(long = "raft.ca-filename")]
+    pub raft_ca_filename: Option<String>,
+    /// This node's certificate chain (PEM) for the cluster transport
+    #[arg(long = "raft.cert-filename")]
+    pub raft_cert_filename: Option<String>,
+    /// This node's private key (PEM) for the cluster transport
+    #[arg(long = "raft.key-filename")]
+    pub raft_key_filename: Option<String>,
     /// Replication gRPC address (URL) [default: http://0.0.0.0:8444]
     #[arg(long = "replication.address")]
     pub replication_address: Option<String>,
@@ -98,6 +107,9 @@ impl ServerFlags {
             ("raft.election-rtt", &self.raft_election_rtt),
             ("raft.snapshot-entries", &self.raft_snapshot_entries),
             ("raft.compaction-overhead", &self.raft_compaction_overhead),
+            ("raft.ca-filename", &self.raft_ca_filename),
+            ("raft.cert-filename", &self.raft_cert_filename),
+            ("raft.key-filename", &self.raft_key_filename),
             ("replication.address", &self.replication_address),
             ("replication.token", &self.replication_token),
             ("tables.names", &self.tables_names),

@@ -21,6 +21,7 @@ pub struct Armada {
     pub replication: String,
     pub rest: String,
     extra_args: Vec<String>,
+    node_args: Vec<String>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -43,21 +44,60 @@ impl Armada {
             replication: String::new(),
             rest: String::new(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            node_args: ["--raft.node-id", "1", "--raft.address", "127.0.0.1:0"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             _temp: None,
         };
         armada.spawn();
         armada
     }
 
+    /// A node of a multi-node cluster; not waited for (see [`Armada::wait_serving`]): a node
+    /// only serves once its cluster has elected a catalog leader.
+    pub fn spawn_member(
+        data_dir: &Path,
+        node_id: u64,
+        raft_address: &str,
+        members: &str,
+        extra_args: &[&str],
+    ) -> Armada {
+        std::fs::create_dir_all(data_dir).expect("data dir");
+        let mut armada = Armada {
+            child: None,
+            data_dir: data_dir.to_path_buf(),
+            api: String::new(),
+            replication: String::new(),
+            rest: String::new(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            node_args: vec![
+                "--raft.node-id".into(),
+                node_id.to_string(),
+                "--raft.address".into(),
+                raft_address.into(),
+                "--raft.initial-members".into(),
+                members.into(),
+            ],
+            _temp: None,
+        };
+        armada.launch();
+        armada
+    }
+
     fn spawn(&mut self) {
-        let listen_file = self.data_dir.join("listen.json");
-        let _ = std::fs::remove_file(&listen_file);
+        self.launch();
+        self.wait_serving();
+    }
+
+    fn launch(&mut self) {
+        let _ = std::fs::remove_file(self.data_dir.join("listen.json"));
         let log = std::fs::File::create(self.data_dir.join("armada.log")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_armada"))
             .arg("leader")
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--raft.node-id", "1", "--raft.address", "127.0.0.1:1"])
+            .args(&self.node_args)
             .args(["--api.address", "http://127.0.0.1:0"])
             .args(["--replication.address", "http://127.0.0.1:0"])
             .args(["--rest.address", "http://127.0.0.1:0"])
@@ -70,6 +110,11 @@ impl Armada {
             .spawn()
             .expect("spawn armada");
         self.child = Some(child);
+    }
+
+    /// Waits until the node serves (its `listen.json` appears) and learns its addresses.
+    pub fn wait_serving(&mut self) {
+        let listen_file = self.data_dir.join("listen.json");
         let deadline = Instant::now() + STARTUP_DEADLINE;
         loop {
             if let Ok(bytes) = std::fs::read(&listen_file) {
@@ -137,6 +182,10 @@ impl Armada {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop it first");
         self.spawn();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub async fn channel(&self) -> Channel {
@@ -232,4 +281,61 @@ pub fn http_get(base: &str, path: &str) -> (u16, String) {
         .map(|(_, body)| body.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Free UDP ports on loopback for the cluster transport. Nodes must know each other's addresses
+/// before they start, so ports are reserved by binding and released just before use.
+pub fn free_udp_ports(count: usize) -> Vec<u16> {
+    let sockets: Vec<std::net::UdpSocket> = (0..count)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp"))
+        .collect();
+    sockets
+        .iter()
+        .map(|socket| socket.local_addr().expect("addr").port())
+        .collect()
+}
+
+/// A cluster of real processes on loopback.
+pub struct Cluster {
+    pub nodes: Vec<Armada>,
+    _temp: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn start(size: usize, extra_args: &[&str]) -> Cluster {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let ports = free_udp_ports(size);
+        let members = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| format!("{}=127.0.0.1:{port}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes: Vec<Armada> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                Armada::spawn_member(
+                    &temp.path().join(format!("node{}", i + 1)),
+                    i as u64 + 1,
+                    &format!("127.0.0.1:{port}"),
+                    &members,
+                    extra_args,
+                )
+            })
+            .collect();
+        for node in &mut nodes {
+            node.wait_serving();
+        }
+        Cluster { nodes, _temp: temp }
+    }
+
+    /// Node by id (1-based).
+    pub fn node(&self, id: u64) -> &Armada {
+        &self.nodes[id as usize - 1]
+    }
+
+    pub fn node_mut(&mut self, id: u64) -> &mut Armada {
+        &mut self.nodes[id as usize - 1]
+    }
 }

@@ -56,6 +56,12 @@ pub struct RaftSettings {
     pub election_rtt: u64,
     pub snapshot_entries: u64,
     pub compaction_overhead: u64,
+    /// Mutual TLS of the cluster transport: the cluster CA, this node's certificate and key
+    /// (PEM). All three or none; with none the transport is encrypted with a generated
+    /// self-signed identity and peers are not authenticated (development).
+    pub ca_filename: String,
+    pub cert_filename: String,
+    pub key_filename: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -123,6 +129,9 @@ impl Default for RaftSettings {
             election_rtt: 20,
             snapshot_entries: 10_000,
             compaction_overhead: 5_000,
+            ca_filename: String::new(),
+            cert_filename: String::new(),
+            key_filename: String::new(),
         }
     }
 }
@@ -152,6 +161,9 @@ pub const KEYS: &[&str] = &[
     "raft.election-rtt",
     "raft.snapshot-entries",
     "raft.compaction-overhead",
+    "raft.ca-filename",
+    "raft.cert-filename",
+    "raft.key-filename",
     "replication.address",
     "replication.token",
     "tables.names",
@@ -323,6 +335,15 @@ impl ServerConfig {
             return Err("invalid configuration key `raft.address`: must be set (host:port)".into());
         }
         self.members()?;
+        let tls_files = [
+            &self.raft.ca_filename,
+            &self.raft.cert_filename,
+            &self.raft.key_filename,
+        ];
+        let given = tls_files.iter().filter(|file| !file.is_empty()).count();
+        if given != 0 && given != 3 {
+            return Err("invalid configuration: `raft.ca-filename`, `raft.cert-filename` and `raft.key-filename` must be set together".into());
+        }
         for (key, value) in [
             ("api.address", &self.api.address),
             ("rest.address", &self.rest.address),
@@ -332,6 +353,19 @@ impl ServerConfig {
                 .map_err(|error| format!("invalid configuration key `{key}`: {error}"))?;
         }
         Ok(())
+    }
+
+    /// How the cluster transport encrypts and authenticates.
+    pub fn raft_tls(&self) -> crate::transport::TlsMode {
+        if self.raft.ca_filename.is_empty() {
+            crate::transport::TlsMode::SelfSigned
+        } else {
+            crate::transport::TlsMode::Mutual {
+                ca_file: PathBuf::from(&self.raft.ca_filename),
+                cert_file: PathBuf::from(&self.raft.cert_filename),
+                key_file: PathBuf::from(&self.raft.key_filename),
+            }
+        }
     }
 
     /// The static initial membership: node id → raft address. Empty means "just this node".

@@ -17,13 +17,17 @@ use openraft::BasicNode;
 use tokio::sync::{Notify, watch};
 
 use crate::catalog::{CatalogCommand, CatalogOutcome, CatalogState, CatalogStateMachine};
+use crate::cluster::handler::PeerHandler;
+use crate::cluster::network::ClusterNetwork;
+use crate::cluster::rpc::{self, PeerError, PeerRequest, PeerResponse, PeerResult};
 use crate::config::ServerConfig;
 use crate::error::ApiError;
+pub use crate::groups::handle::GroupHandle;
 use crate::groups::log::LogEngine;
-use crate::groups::network::NoTransport;
 use crate::groups::table_sm::TableStateMachine;
 use crate::groups::types::{Request, Response};
 use crate::groups::{CatalogRaft, TableRaft};
+use crate::transport::{QuicConfig, QuicTransport, Transport, TransportError};
 
 /// One running table replica.
 pub struct TableGroup {
@@ -53,6 +57,7 @@ pub struct Node {
     log: Arc<LogEngine>,
     raft_config: Arc<openraft::Config>,
     members: BTreeMap<u64, BasicNode>,
+    transport: Arc<QuicTransport>,
     pub catalog: CatalogRaft,
     catalog_state: watch::Receiver<Arc<CatalogState>>,
     tables: RwLock<Arc<BTreeMap<String, Arc<TableGroup>>>>,
@@ -65,17 +70,9 @@ impl Node {
     /// Opens storage, starts the catalog group and every table group it lists.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Arc<Node>> {
         let members = config.members().map_err(anyhow::Error::msg)?;
-        if members.len() != 1 {
-            anyhow::bail!(
-                "this build runs single-node clusters only: `raft.initial-members` lists {} nodes",
-                members.len()
-            );
-        }
-        let members: BTreeMap<u64, BasicNode> = members
-            .into_iter()
-            .map(|(id, address)| (id, BasicNode::new(address)))
-            .collect();
+        let node_id = NodeId(config.raft.node_id);
         std::fs::create_dir_all(&config.data_dir)?;
+        std::fs::create_dir_all(config.data_dir.join("tmp"))?;
         let storage = Storage::open(&config.data_dir.join("db"))?;
         let log = LogEngine::open(&storage)?;
         let raft_config = crate::groups::raft_config(
@@ -85,13 +82,38 @@ impl Node {
             config.raft.snapshot_entries,
             config.raft.compaction_overhead,
         )?;
-        let node_id = NodeId(config.raft.node_id);
+        let handler = PeerHandler::new();
+        let transport = QuicTransport::start(
+            QuicConfig {
+                node_id: node_id.get(),
+                listen: resolve_raft_address(&config.raft.address).await?,
+                peers: members
+                    .iter()
+                    .filter(|(id, _)| **id != node_id.get())
+                    .map(|(id, address)| (*id, address.clone()))
+                    .collect(),
+                tls: config.raft_tls(),
+            },
+            handler.clone(),
+        )
+        .await
+        .map_err(|error| {
+            anyhow::anyhow!(
+                "cannot start the cluster transport on {}: {error}",
+                config.raft.address
+            )
+        })?;
+        let members: BTreeMap<u64, BasicNode> = members
+            .into_iter()
+            .map(|(id, address)| (id, BasicNode::new(address)))
+            .collect();
         let catalog_sm = CatalogStateMachine::open(&storage)?;
         let catalog_state = catalog_sm.subscribe();
+        let dyn_transport: Arc<dyn Transport> = transport.clone();
         let catalog = openraft::Raft::new(
             node_id.get(),
             raft_config.clone(),
-            NoTransport,
+            ClusterNetwork::new(dyn_transport, CATALOG_GROUP.get()),
             log.group(CATALOG_GROUP),
             catalog_sm,
         )
@@ -104,6 +126,7 @@ impl Node {
             log,
             raft_config,
             members,
+            transport,
             catalog,
             catalog_state,
             tables: RwLock::new(Arc::new(BTreeMap::new())),
@@ -111,10 +134,201 @@ impl Node {
             reconcile_lock: tokio::sync::Mutex::new(()),
             started_at: std::time::Instant::now(),
         });
+        handler.attach(&node);
         node.reconcile().await?;
         let reconciler = node.clone();
         tokio::spawn(async move { reconciler.run_reconciler().await });
         Ok(node)
+    }
+
+    /// Where received snapshots are spooled.
+    pub fn temporary_dir(&self) -> std::path::PathBuf {
+        self.config.data_dir.join("tmp")
+    }
+
+    /// The group with this id, if it runs here.
+    pub fn group_by_id(&self, id: u64) -> Option<GroupHandle> {
+        if id == CATALOG_GROUP.get() {
+            return Some(GroupHandle::Catalog(self.catalog.clone()));
+        }
+        self.running()
+            .values()
+            .find(|group| group.id.get() == id)
+            .map(|group| GroupHandle::Table(group.clone()))
+    }
+
+    async fn call_peer(
+        &self,
+        peer: u64,
+        request: &PeerRequest,
+        deadline: tokio::time::Instant,
+    ) -> Result<PeerResult, TransportError> {
+        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let answer = self
+            .transport
+            .call(peer, rpc::encode(request), timeout)
+            .await?;
+        rpc::decode::<PeerResult>(&answer).map_err(TransportError::Remote)
+    }
+
+    /// Proposes `request` to a group from any node: locally when this replica is the Raft
+    /// leader, else forwarded to the leader over the cluster transport. Retries only while the
+    /// write certainly was not appended (no leader yet, leader moved, leader unreachable before
+    /// sending); an outcome that is unknown (timeout mid-call) is reported, never retried.
+    pub async fn write(
+        &self,
+        group: &GroupHandle,
+        request: Request,
+        deadline: tokio::time::Instant,
+    ) -> Result<(u64, Response), ApiError> {
+        loop {
+            let leader = match group.current_leader() {
+                Some(leader) => leader,
+                None => group.wait_for_leader(deadline).await.ok_or_else(|| {
+                    ApiError::Unavailable("the table's Raft group has no leader".into())
+                })?,
+            };
+            let attempt = if leader == self.node_id.get() {
+                match tokio::time::timeout_at(deadline, group.write_here(request.clone())).await {
+                    Ok(result) => result.map_err(Some),
+                    Err(_) => return Err(ApiError::DeadlineExceeded),
+                }
+            } else {
+                let message = PeerRequest::Write {
+                    group: group.id(),
+                    request: request.clone(),
+                };
+                match self.call_peer(leader, &message, deadline).await {
+                    Ok(Ok(PeerResponse::Write {
+                        log_index,
+                        response,
+                    })) => Ok((log_index, response)),
+                    Ok(Ok(other)) => {
+                        return Err(ApiError::Internal(format!(
+                            "unexpected peer response {other:?}"
+                        )));
+                    }
+                    Ok(Err(error)) => Err(Some(error)),
+                    Err(
+                        TransportError::Unreachable { .. } | TransportError::UnknownPeer { .. },
+                    ) => Err(None),
+                    Err(TransportError::Timeout { .. }) => return Err(ApiError::DeadlineExceeded),
+                    Err(error) => {
+                        return Err(ApiError::Unavailable(format!(
+                            "forwarding to the Raft leader (node {leader}) failed, the write's outcome is unknown: {error}"
+                        )));
+                    }
+                }
+            };
+            match attempt {
+                Ok(done) => return Ok(done),
+                Err(Some(PeerError::Failed(message))) => {
+                    return Err(ApiError::Unavailable(message));
+                }
+                // Not appended anywhere: try again with whoever leads now.
+                Err(Some(PeerError::NotLeader { .. } | PeerError::NoSuchGroup(_)) | None) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::Unavailable(
+                    "no reachable Raft leader before the deadline".into(),
+                ));
+            }
+            tokio::time::sleep(FORWARD_RETRY_PAUSE).await;
+        }
+    }
+
+    /// Makes a table replica ready for a linearizable read: the group's Raft leader confirms
+    /// its leadership (ReadIndex) and this replica waits until it has applied that index.
+    pub async fn linearize(
+        &self,
+        group: &Arc<TableGroup>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), ApiError> {
+        let handle = GroupHandle::Table(group.clone());
+        loop {
+            let leader = match handle.current_leader() {
+                Some(leader) => leader,
+                None => handle.wait_for_leader(deadline).await.ok_or_else(|| {
+                    ApiError::Unavailable("the table's Raft group has no leader".into())
+                })?,
+            };
+            let index = if leader == self.node_id.get() {
+                tokio::time::timeout_at(deadline, handle.read_index_here())
+                    .await
+                    .map_err(|_| ApiError::DeadlineExceeded)?
+            } else {
+                match self
+                    .call_peer(
+                        leader,
+                        &PeerRequest::ReadIndex { group: handle.id() },
+                        deadline,
+                    )
+                    .await
+                {
+                    Ok(Ok(PeerResponse::ReadIndex { index })) => Ok(index),
+                    Ok(Ok(other)) => {
+                        return Err(ApiError::Internal(format!(
+                            "unexpected peer response {other:?}"
+                        )));
+                    }
+                    Ok(Err(error)) => Err(error),
+                    Err(TransportError::Timeout { .. }) => return Err(ApiError::DeadlineExceeded),
+                    Err(error) => Err(PeerError::Failed(error.to_string())),
+                }
+            };
+            match index {
+                Ok(index) => return self.wait_applied(group, index, deadline).await,
+                Err(PeerError::NotLeader { .. } | PeerError::NoSuchGroup(_)) => {}
+                Err(PeerError::Failed(message)) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(ApiError::Unavailable(format!(
+                            "linearizable read failed: {message}"
+                        )));
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::Unavailable(
+                    "no reachable Raft leader before the deadline".into(),
+                ));
+            }
+            tokio::time::sleep(FORWARD_RETRY_PAUSE).await;
+        }
+    }
+
+    async fn wait_applied(
+        &self,
+        group: &TableGroup,
+        index: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), ApiError> {
+        let mut applied = group.state_machine.subscribe();
+        tokio::time::timeout_at(
+            deadline,
+            applied.wait_for(|position| position.log_index.get() >= index),
+        )
+        .await
+        .map_err(|_| ApiError::DeadlineExceeded)?
+        .map(|_| ())
+        .map_err(|_| ApiError::Unavailable("the table group stopped".into()))
+    }
+
+    /// Every member's id, Raft address and (when it answers) client address.
+    pub async fn member_addresses(&self) -> Vec<(u64, String, Option<String>)> {
+        let deadline = tokio::time::Instant::now() + MEMBER_INFO_TIMEOUT;
+        let mut out = Vec::new();
+        for (id, node) in &self.members {
+            let api = if *id == self.node_id.get() {
+                Some(self.config.api.advertise_address.clone())
+            } else {
+                match self.call_peer(*id, &PeerRequest::NodeInfo, deadline).await {
+                    Ok(Ok(PeerResponse::NodeInfo { api_address, .. })) => Some(api_address),
+                    _ => None,
+                }
+            };
+            out.push((*id, node.addr.clone(), api));
+        }
+        out
     }
 
     pub fn catalog_state(&self) -> Arc<CatalogState> {
@@ -205,7 +419,7 @@ impl Node {
         let raft = openraft::Raft::new(
             self.node_id.get(),
             self.raft_config.clone(),
-            NoTransport,
+            ClusterNetwork::new(self.transport.clone(), id.get()),
             self.log.group(id),
             state_machine.clone(),
         )
@@ -244,12 +458,15 @@ impl Node {
     ) -> Result<CatalogOutcome, ApiError> {
         let bytes =
             serde_json::to_vec(&command).map_err(|error| ApiError::Internal(error.to_string()))?;
-        let response = self
-            .catalog
-            .client_write(Request(bytes.into()))
-            .await
-            .map_err(ApiError::from_raft_write)?;
-        match response.data {
+        let deadline = tokio::time::Instant::now() + CATALOG_WRITE_TIMEOUT;
+        let (_, response) = self
+            .write(
+                &GroupHandle::Catalog(self.catalog.clone()),
+                Request(bytes.into()),
+                deadline,
+            )
+            .await?;
+        match response {
             Response::Catalog(outcome) => Ok(outcome),
             Response::Rejected(message) => Err(ApiError::Internal(message)),
             other => Err(ApiError::Internal(format!(
@@ -272,6 +489,11 @@ impl Node {
             CatalogOutcome::AlreadyExists { .. } => return Err(ApiError::TableExists),
             other => return Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
         };
+        // The catalog leader applied it; this replica may learn it a heartbeat later.
+        self.wait_catalog(deadline, |state| {
+            state.tables.get(name).map(|record| record.id) == Some(id.get())
+        })
+        .await?;
         let group = tokio::time::timeout_at(deadline, async {
             loop {
                 match self.table(name).await {
@@ -291,15 +513,38 @@ impl Node {
         Ok(id)
     }
 
-    pub async fn delete_table(&self, name: &str) -> Result<(), ApiError> {
+    pub async fn delete_table(
+        &self,
+        name: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), ApiError> {
         match self
             .propose_catalog(CatalogCommand::DeleteTable { name: name.into() })
             .await?
         {
-            CatalogOutcome::Deleted { .. } => Ok(()),
+            CatalogOutcome::Deleted { id } => {
+                self.wait_catalog(deadline, |state| {
+                    state.tables.get(name).map(|record| record.id) != Some(id)
+                })
+                .await
+            }
             CatalogOutcome::NotFound => Err(ApiError::TableNotFound),
             other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
         }
+    }
+
+    /// Waits until this replica's catalog satisfies `condition`.
+    async fn wait_catalog(
+        &self,
+        deadline: tokio::time::Instant,
+        condition: impl Fn(&CatalogState) -> bool,
+    ) -> Result<(), ApiError> {
+        let mut changes = self.catalog_state.clone();
+        tokio::time::timeout_at(deadline, changes.wait_for(|state| condition(state)))
+            .await
+            .map_err(|_| ApiError::DeadlineExceeded)?
+            .map(|_| ())
+            .map_err(|_| ApiError::Unavailable("the catalog group stopped".into()))
     }
 
     /// Waits until the catalog group has a leader (start-up readiness).
@@ -335,6 +580,7 @@ impl Node {
             let _ = group.raft.shutdown().await;
         }
         let _ = self.catalog.shutdown().await;
+        self.transport.shutdown().await;
         if let Err(error) = self.storage.sync() {
             tracing::error!(%error, "final storage sync failed");
         }
@@ -347,6 +593,21 @@ impl Node {
     pub fn log_engine(&self) -> &Arc<LogEngine> {
         &self.log
     }
+}
+
+/// Pause between attempts to reach a group's Raft leader.
+const FORWARD_RETRY_PAUSE: Duration = Duration::from_millis(20);
+/// How long a catalog change (table create/delete) may take.
+const CATALOG_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long MemberList waits for each peer's answer.
+const MEMBER_INFO_TIMEOUT: Duration = Duration::from_millis(500);
+
+async fn resolve_raft_address(address: &str) -> anyhow::Result<std::net::SocketAddr> {
+    tokio::net::lookup_host(address)
+        .await
+        .map_err(|error| anyhow::anyhow!("raft.address {address}: {error}"))?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("raft.address {address} resolves to nothing"))
 }
 
 async fn initialize_if_new<SM>(

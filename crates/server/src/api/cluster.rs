@@ -105,19 +105,14 @@ impl Cluster for ClusterService {
         metered(SERVICE, "MemberList", async {
             let members = self
                 .node
-                .config
-                .members()
-                .map_err(ApiError::Internal)?
+                .member_addresses()
+                .await
                 .into_iter()
-                .map(|(id, raft_address)| Member {
+                .map(|(id, raft_address, api_address)| Member {
                     id: id.to_string(),
                     name: format!("node-{id}"),
                     peer_ur_ls: vec![raft_address],
-                    client_ur_ls: if id == self.node.node_id.get() {
-                        vec![self.node.config.api.advertise_address.clone()]
-                    } else {
-                        Vec::new()
-                    },
+                    client_ur_ls: api_address.into_iter().collect(),
                 })
                 .collect();
             Ok(MemberListResponse {

@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 use super::{deadline, header, metered, validate};
 use crate::error::ApiError;
 use crate::groups::types::{self, Response as RaftResponse};
-use crate::node::{Node, TableGroup};
+use crate::node::{GroupHandle, Node, TableGroup};
 
 const SERVICE: &str = "regatta.v1.KV";
 
@@ -38,36 +38,28 @@ impl KvService {
     /// `linearizable` is set.
     async fn read_view(
         &self,
-        group: &TableGroup,
+        group: &Arc<TableGroup>,
         linearizable: bool,
         deadline: tokio::time::Instant,
     ) -> Result<ReadView, ApiError> {
         if linearizable {
-            tokio::time::timeout_at(
-                deadline,
-                group
-                    .raft
-                    .ensure_linearizable(openraft::ReadPolicy::ReadIndex),
-            )
-            .await
-            .map_err(|_| ApiError::DeadlineExceeded)?
-            .map_err(ApiError::from_raft_read)?;
+            self.node.linearize(group, deadline).await?;
         }
         Ok(group.table.read_view())
     }
 
     async fn propose(
         &self,
-        group: &TableGroup,
+        group: &Arc<TableGroup>,
         command: pb::Command,
         deadline: tokio::time::Instant,
     ) -> Result<(pb::CommandResult, bool), ApiError> {
         let request = types::Request(Bytes::from(command.encode_to_vec()));
-        let response = tokio::time::timeout_at(deadline, group.raft.client_write(request))
-            .await
-            .map_err(|_| ApiError::DeadlineExceeded)?
-            .map_err(ApiError::from_raft_write)?;
-        match response.data {
+        let (_, response) = self
+            .node
+            .write(&GroupHandle::Table(group.clone()), request, deadline)
+            .await?;
+        match response {
             RaftResponse::Table { result, succeeded } => Ok((result, succeeded)),
             RaftResponse::Rejected(message) => Err(ApiError::InvalidArgument(message)),
             other => Err(ApiError::Internal(format!(

@@ -111,11 +111,8 @@ impl ReplicationService {
             return Err(ApiError::invalid("leader_index must be greater than 0"));
         }
         let group = self.node.table(&validate::table(&request.table)?).await?;
-        group
-            .raft
-            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
-            .await
-            .map_err(ApiError::from_raft_read)?;
+        let deadline = tokio::time::Instant::now() + super::DEFAULT_DEADLINE;
+        self.node.linearize(&group, deadline).await?;
         let applied = group.table.read_view().position().log_index.get();
         let (sender, receiver) = mpsc::channel(2);
         let log = self.node.log_engine().group(group.id);
@@ -277,11 +274,8 @@ impl Snapshot for ReplicationService {
         metered("replication.v1.Snapshot", "Stream", async {
             let request = request.into_inner();
             let group = self.node.table(&validate::table(&request.table)?).await?;
-            group
-                .raft
-                .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
-                .await
-                .map_err(ApiError::from_raft_read)?;
+            let deadline = tokio::time::Instant::now() + super::DEFAULT_DEADLINE;
+            self.node.linearize(&group, deadline).await?;
             let view = group.table.read_view();
             let (sender, receiver) = mpsc::channel(2);
             tokio::task::spawn_blocking(move || {

@@ -54,11 +54,12 @@ impl Tables for TablesService {
     ) -> Result<Response<DeleteTableResponse>, Status> {
         metered(SERVICE, "Delete", async {
             check_token(&request, self.token())?;
+            let deadline = deadline(&request);
             let name = request.into_inner().name;
             if name.is_empty() {
                 return Err(ApiError::invalid("name must be set"));
             }
-            self.node.delete_table(&name).await?;
+            self.node.delete_table(&name, deadline).await?;
             Ok(DeleteTableResponse {})
         })
         .await

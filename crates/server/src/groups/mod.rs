@@ -2,8 +2,8 @@
 //! network. One openraft `Raft` per table plus one for the catalog, all sharing one log engine
 //! and one network.
 
+pub mod handle;
 pub mod log;
-pub mod network;
 pub mod snapshot;
 pub mod table_sm;
 pub mod types;

@@ -1,0 +1,109 @@
+//! Messages between the nodes of one cluster, carried by the [`crate::transport`].
+//!
+//! Every request names the Raft group it is for, so one connection per peer pair serves every
+//! group (openraft-multi's idea, with our own transport). Requests and responses are encoded
+//! with postcard (compact serde); an entry's command bytes travel as they are stored. The
+//! format is versioned by the transport's ALPN (`armada-raft/1`); see docs/format.md.
+
+use bytes::Bytes;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::groups::types::{Request, Response, SnapshotMeta, TypeConfig, Vote};
+
+/// A request from one node to another.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    AppendEntries {
+        group: u64,
+        rpc: AppendEntriesRequest<TypeConfig>,
+    },
+    Vote {
+        group: u64,
+        rpc: VoteRequest<TypeConfig>,
+    },
+    PreVote {
+        group: u64,
+        rpc: VoteRequest<TypeConfig>,
+    },
+    /// A write that reached a node which is not the group's Raft leader.
+    Write { group: u64, request: Request },
+    /// A linearizable read arriving at a follower replica: the leader confirms leadership and
+    /// answers the index the follower must have applied before reading.
+    ReadIndex { group: u64 },
+    /// Who the peer is (for MemberList).
+    NodeInfo,
+}
+
+/// Header of a streamed snapshot (`Transport::call_stream`); the body is the snapshot data.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    pub group: u64,
+    pub vote: Vote,
+    pub meta: SnapshotMeta,
+}
+
+/// Why a peer could not serve a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum PeerError {
+    /// The group does not run on the peer (yet, or any more).
+    #[error("group {0} does not run on this node")]
+    NoSuchGroup(u64),
+    /// The peer is not the group's Raft leader; it knows this one, if any.
+    #[error("not the Raft leader (leader: {leader:?})")]
+    NotLeader { leader: Option<u64> },
+    /// The request reached the peer but failed there.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Answers, one variant per request kind.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerResponse {
+    AppendEntries(AppendEntriesResponse<TypeConfig>),
+    Vote(VoteResponse<TypeConfig>),
+    Write { log_index: u64, response: Response },
+    ReadIndex { index: u64 },
+    NodeInfo { node_id: u64, api_address: String },
+    Snapshot(SnapshotResponse<TypeConfig>),
+}
+
+pub type PeerResult = Result<PeerResponse, PeerError>;
+
+pub fn encode<T: Serialize>(value: &T) -> Bytes {
+    // Serializing our own in-memory types cannot fail.
+    Bytes::from(postcard::to_stdvec(value).expect("peer message encodes"))
+}
+
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
+    postcard::from_bytes(bytes).map_err(|error| format!("undecodable peer message: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_results_round_trip() {
+        let request = PeerRequest::Write {
+            group: 10001,
+            request: Request(Bytes::from_static(b"\x08\x01command")),
+        };
+        match decode::<PeerRequest>(&encode(&request)).expect("decodes") {
+            PeerRequest::Write { group, request } => {
+                assert_eq!(group, 10001);
+                assert_eq!(request.0.as_ref(), b"\x08\x01command");
+            }
+            other => panic!("{other:?}"),
+        }
+        let result: PeerResult = Err(PeerError::NotLeader { leader: Some(2) });
+        let decoded: PeerResult = decode(&encode(&result)).expect("decodes");
+        assert_eq!(
+            decoded.expect_err("error"),
+            PeerError::NotLeader { leader: Some(2) }
+        );
+        assert!(decode::<PeerRequest>(b"\xff\xff\xff").is_err());
+    }
+}

@@ -1,0 +1,128 @@
+//! A handle on any group of this node (the catalog or a table), so that code serving peers
+//! and forwarding requests need not care which state machine a group runs.
+
+use std::sync::Arc;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+
+use super::CatalogRaft;
+use super::snapshot::SnapshotData;
+use super::types::{Request, Response, SnapshotMeta, TypeConfig, Vote};
+use crate::cluster::rpc::PeerError;
+use crate::node::TableGroup;
+
+#[derive(Clone)]
+pub enum GroupHandle {
+    Catalog(CatalogRaft),
+    Table(Arc<TableGroup>),
+}
+
+/// Runs `$body` with `$raft` bound to the group's `Raft`, whatever its state machine type.
+macro_rules! with_raft {
+    ($handle:expr, $raft:ident => $body:expr) => {
+        match $handle {
+            GroupHandle::Catalog($raft) => $body,
+            GroupHandle::Table(group) => {
+                let $raft = &group.raft;
+                $body
+            }
+        }
+    };
+}
+
+fn failed(error: impl ToString) -> PeerError {
+    PeerError::Failed(error.to_string())
+}
+
+impl GroupHandle {
+    pub fn id(&self) -> u64 {
+        match self {
+            GroupHandle::Catalog(_) => armada_storage::CATALOG_GROUP.get(),
+            GroupHandle::Table(group) => group.id.get(),
+        }
+    }
+
+    /// The Raft leader this replica knows of.
+    pub fn current_leader(&self) -> Option<u64> {
+        with_raft!(self, raft => raft.server_metrics().borrow_watched().current_leader)
+    }
+
+    /// Waits until this replica knows a Raft leader (or the deadline passes).
+    pub async fn wait_for_leader(&self, deadline: tokio::time::Instant) -> Option<u64> {
+        let wait = async {
+            with_raft!(self, raft => {
+                let mut metrics = raft.server_metrics();
+                metrics.wait_until(|m| m.current_leader.is_some()).await.ok().and_then(|m| m.current_leader)
+            })
+        };
+        tokio::time::timeout_at(deadline, wait).await.ok().flatten()
+    }
+
+    pub async fn append_entries(
+        &self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, PeerError> {
+        with_raft!(self, raft => raft.append_entries(rpc).await.map_err(failed))
+    }
+
+    pub async fn vote(
+        &self,
+        rpc: VoteRequest<TypeConfig>,
+    ) -> Result<VoteResponse<TypeConfig>, PeerError> {
+        with_raft!(self, raft => raft.vote(rpc).await.map_err(failed))
+    }
+
+    pub async fn pre_vote(
+        &self,
+        rpc: VoteRequest<TypeConfig>,
+    ) -> Result<VoteResponse<TypeConfig>, PeerError> {
+        with_raft!(self, raft => raft.pre_vote(rpc).await.map_err(failed))
+    }
+
+    pub async fn install_snapshot(
+        &self,
+        vote: Vote,
+        meta: SnapshotMeta,
+        data: SnapshotData,
+    ) -> Result<SnapshotResponse<TypeConfig>, PeerError> {
+        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, SnapshotData> {
+            meta,
+            snapshot: data,
+        };
+        with_raft!(self, raft => raft.install_full_snapshot(vote, snapshot).await.map_err(failed))
+    }
+
+    /// Proposes on this replica, which must be the Raft leader; `NotLeader` says who is.
+    pub async fn write_here(&self, request: Request) -> Result<(u64, Response), PeerError> {
+        use openraft::error::{ClientWriteError, RaftError};
+        let result = with_raft!(self, raft => raft.client_write(request).await);
+        match result {
+            Ok(response) => Ok((response.log_id.index, response.data)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(PeerError::NotLeader {
+                    leader: forward.leader_id,
+                })
+            }
+            Err(error) => Err(failed(error)),
+        }
+    }
+
+    /// Confirms leadership with a quorum (ReadIndex) and returns the index a replica must have
+    /// applied to serve a linearizable read. This replica must be the Raft leader.
+    pub async fn read_index_here(&self) -> Result<u64, PeerError> {
+        use openraft::error::{LinearizableReadError, RaftError};
+        let result = with_raft!(self, raft => raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex).await);
+        match result {
+            Ok(read_log_id) => Ok(read_log_id.index()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward))) => {
+                Err(PeerError::NotLeader {
+                    leader: forward.leader_id,
+                })
+            }
+            Err(error) => Err(failed(error)),
+        }
+    }
+}
