@@ -46,18 +46,51 @@ async fn table_state(node: &Armada, table: &str) -> Option<(u64, String, String)
 
 /// Waits until every running node reports the same applied index and content hash.
 async fn replicas_converge(cluster: &Cluster, table: &str) -> (u64, String) {
-    eventually(Duration::from_secs(30), "replicas to converge", || async {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
         let mut states = Vec::new();
         for node in cluster.nodes.iter().filter(|node| node.is_running()) {
-            states.push(table_state(node, table).await?);
+            states.push(table_state(node, table).await);
         }
-        let first = states.first()?.clone();
-        states
-            .iter()
-            .all(|(index, hash, _)| *index == first.0 && *hash == first.1)
-            .then_some((first.0, first.1))
-    })
-    .await
+        if let Some(Some(first)) = states.first().cloned()
+            && states.iter().all(|state| {
+                state
+                    .as_ref()
+                    .is_some_and(|(index, hash, _)| *index == first.0 && *hash == first.1)
+            })
+        {
+            return (first.0, first.1);
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = cluster
+                .nodes
+                .iter()
+                .map(|node| {
+                    let log = node.log();
+                    let panics: Vec<&str> = log
+                        .lines()
+                        .filter(|l| l.contains("panicked") || l.contains("assert"))
+                        .take(5)
+                        .collect();
+                    format!(
+                        "{}\n{}",
+                        panics.join("\n"),
+                        log.lines()
+                            .filter(|l| !l.contains("pre-vote") && !l.contains("heartbeat"))
+                            .rev()
+                            .take(20)
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    )
+                })
+                .collect();
+            panic!(
+                "replicas did not converge: {states:?}\n{}",
+                logs.join("\n-----\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -310,4 +343,145 @@ async fn kill9_of_the_raft_leader_under_load_loses_no_acknowledged_write() {
             "acknowledged write {key} lost or changed"
         );
     }
+}
+
+/// Writes `count` keys with the given prefix through `node`; returns (key, revision) pairs.
+async fn write_keys(node: &Armada, table: &str, prefix: &str, count: usize) -> Vec<(String, u64)> {
+    let mut kv = node.kv().await;
+    let mut acked = Vec::new();
+    for i in 0..count {
+        let key = format!("{prefix}{i:05}");
+        let revision = kv
+            .put(put(table, key.clone(), "v"))
+            .await
+            .expect("put")
+            .into_inner()
+            .header
+            .expect("h")
+            .revision;
+        acked.push((key, revision));
+    }
+    acked
+}
+
+fn snapshot_installs(node: &Armada) -> u64 {
+    let (_, body) = common::http_get(&node.rest, "/metrics");
+    body.lines()
+        .filter(|line| line.starts_with("armada_raft_snapshot_installs_total"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Waits until the node reports a completed snapshot install (the data switch is visible to
+/// readers slightly before the install call returns and is counted).
+async fn snapshot_installed(node: &Armada) {
+    eventually(Duration::from_secs(30), "a snapshot install", || async {
+        (snapshot_installs(node) >= 1).then_some(())
+    })
+    .await
+}
+
+async fn assert_all_present(node: &Armada, table: &str, acked: &[(String, u64)]) {
+    let mut request = range(table, vec![0], vec![0]);
+    request.linearizable = true;
+    let mut present = BTreeMap::new();
+    let mut stream = node
+        .kv()
+        .await
+        .iterate_range(request)
+        .await
+        .expect("iterate")
+        .into_inner();
+    while let Some(message) = stream.message().await.expect("message") {
+        for kv in message.kvs {
+            present.insert(
+                String::from_utf8(kv.key.to_vec()).expect("utf8"),
+                kv.mod_revision as u64,
+            );
+        }
+    }
+    for (key, revision) in acked {
+        assert_eq!(present.get(key), Some(revision), "{key}");
+    }
+}
+
+/// Waits until every running node has compacted its log past `index`.
+async fn logs_compacted_past(cluster: &Cluster, table: &str, index: u64) {
+    eventually(Duration::from_secs(30), "log compaction", || async {
+        for node in cluster.nodes.iter().filter(|node| node.is_running()) {
+            let status = node
+                .cluster()
+                .await
+                .status(StatusRequest { config: false })
+                .await
+                .ok()?
+                .into_inner();
+            if status.tables.get(table)?.first_log_index <= index {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await
+}
+
+const SMALL_SNAPSHOTS: &[&str] = &[
+    "--raft.snapshot-entries",
+    "100",
+    "--raft.compaction-overhead",
+    "10",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_fell_behind_catches_up_by_snapshot() {
+    let mut cluster = Cluster::start(3, SMALL_SNAPSHOTS);
+    cluster.node(1).create_table("snap").await;
+    let mut acked = write_keys(cluster.node(1), "snap", "a", 20).await;
+    replicas_converge(&cluster, "snap").await;
+    cluster.node_mut(3).terminate();
+    // Far more than snapshot-entries + compaction-overhead: node 3's next entry is purged.
+    acked.extend(write_keys(cluster.node(1), "snap", "b", 250).await);
+    assert_eq!(snapshot_installs(cluster.node(1)), 0);
+    logs_compacted_past(&cluster, "snap", 30).await;
+    cluster.node_mut(3).restart();
+    replicas_converge(&cluster, "snap").await;
+    snapshot_installed(cluster.node(3)).await;
+    // Node 3 serves every acknowledged write, at the leader's revisions.
+    assert_all_present(cluster.node(3), "snap", &acked).await;
+    let read = cluster
+        .node(3)
+        .kv()
+        .await
+        .range(get("snap", "b00249"))
+        .await
+        .expect("serializable read")
+        .into_inner();
+    assert_eq!(read.kvs.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_with_a_wiped_data_dir_rejoins_as_the_same_id() {
+    let mut cluster = Cluster::start(3, SMALL_SNAPSHOTS);
+    cluster.node(1).create_table("wipe").await;
+    let acked = write_keys(cluster.node(2), "wipe", "k", 200).await;
+    replicas_converge(&cluster, "wipe").await;
+    logs_compacted_past(&cluster, "wipe", 1).await;
+    cluster.node_mut(3).kill9();
+    let data_dir = cluster.node(3).data_dir.clone();
+    for entry in std::fs::read_dir(&data_dir).expect("data dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).expect("wipe");
+        } else if path.file_name().is_some_and(|name| name != "armada.log") {
+            std::fs::remove_file(&path).expect("wipe");
+        }
+    }
+    cluster.node_mut(3).restart();
+    replicas_converge(&cluster, "wipe").await;
+    snapshot_installed(cluster.node(3)).await;
+    assert_all_present(cluster.node(3), "wipe", &acked).await;
+    // It takes writes again as a full member.
+    let more = write_keys(cluster.node(3), "wipe", "z", 10).await;
+    replicas_converge(&cluster, "wipe").await;
+    assert_all_present(cluster.node(1), "wipe", &more).await;
 }

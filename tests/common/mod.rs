@@ -104,6 +104,11 @@ impl Armada {
             .args(["--log-level", "info"])
             .args(&self.extra_args)
             .env_remove("RUST_LOG")
+            .envs(
+                std::env::var("ARMADA_TEST_LOG")
+                    .ok()
+                    .map(|filter| ("RUST_LOG", filter)),
+            )
             .current_dir(&self.data_dir)
             .stdout(Stdio::null())
             .stderr(log)
@@ -230,6 +235,16 @@ impl Drop for Armada {
     }
 }
 
+/// With `ARMADA_KEEP_TEST_DIRS` set, a cluster's data directories (and node logs) are kept and
+/// their location printed: for investigating a failure.
+fn keep_dirs(temp: &mut Option<tempfile::TempDir>) {
+    if std::env::var_os("ARMADA_KEEP_TEST_DIRS").is_some()
+        && let Some(temp) = temp.take()
+    {
+        eprintln!("test data kept in {}", temp.keep().display());
+    }
+}
+
 pub fn put(table: &str, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> PutRequest {
     PutRequest {
         table: table.as_bytes().to_vec().into(),
@@ -298,7 +313,16 @@ pub fn free_udp_ports(count: usize) -> Vec<u16> {
 /// A cluster of real processes on loopback.
 pub struct Cluster {
     pub nodes: Vec<Armada>,
-    _temp: tempfile::TempDir,
+    temp: Option<tempfile::TempDir>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill9();
+        }
+        keep_dirs(&mut self.temp);
+    }
 }
 
 impl Cluster {
@@ -327,7 +351,10 @@ impl Cluster {
         for node in &mut nodes {
             node.wait_serving();
         }
-        Cluster { nodes, _temp: temp }
+        Cluster {
+            nodes,
+            temp: Some(temp),
+        }
     }
 
     /// Node by id (1-based).

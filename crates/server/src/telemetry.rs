@@ -29,7 +29,7 @@ pub fn init_logging(level: &str, format: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!(
-            "{level},openraft=warn,fjall=warn,lsm_tree=warn,h2=warn,tower=warn,hyper=warn"
+            "{level},openraft=error,fjall=warn,lsm_tree=warn,h2=warn,tower=warn,hyper=warn"
         ))
     });
     let builder = tracing_subscriber::fmt()

@@ -56,6 +56,13 @@ impl ClusterService {
                     revision: position.revision.get(),
                     shard_id: group.id.get(),
                     content_hash,
+                    first_log_index: self
+                        .node
+                        .log_engine()
+                        .group(group.id)
+                        .first_index()
+                        .unwrap_or_default()
+                        .unwrap_or(0),
                 },
             );
         }

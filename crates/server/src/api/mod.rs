@@ -18,6 +18,9 @@ use crate::node::{Node, TableGroup};
 /// Server-side deadline of a request without one of its own (Regatta: 5 s).
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
 
+/// How much earlier than the client's deadline the server gives up.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(50);
+
 /// The request's deadline: the client's `grpc-timeout`, else [`DEFAULT_DEADLINE`].
 pub fn deadline<T>(request: &tonic::Request<T>) -> tokio::time::Instant {
     let timeout = request
@@ -25,6 +28,10 @@ pub fn deadline<T>(request: &tonic::Request<T>) -> tokio::time::Instant {
         .get("grpc-timeout")
         .and_then(|value| value.to_str().ok())
         .and_then(parse_grpc_timeout)
+        // Answer a little before the client's own timeout fires (tonic's timeout layer would
+        // answer `Cancelled` at that very instant), so the client sees our real reason
+        // (`Unavailable`, `DeadlineExceeded`).
+        .map(|timeout| timeout.saturating_sub(DEADLINE_MARGIN.min(timeout / 10)))
         .unwrap_or(DEFAULT_DEADLINE);
     tokio::time::Instant::now() + timeout
 }

@@ -33,13 +33,17 @@ pub fn raft_config(
         election_timeout_min: election,
         election_timeout_max: election * 2,
         enable_pre_vote: Some(true),
+        // A node whose data directory was lost rejoins under its old id and is rebuilt by
+        // snapshot (an operator's recovery path); its log then goes backwards, which the
+        // leader must accept instead of asserting.
+        allow_log_reversion: Some(true),
         snapshot_policy: if snapshot_entries == 0 {
             openraft::SnapshotPolicy::Never
         } else {
             openraft::SnapshotPolicy::LogsSinceLast(snapshot_entries)
         },
         max_in_snapshot_log_to_keep: compaction_overhead,
-        purge_batch_size: 256,
+        purge_batch_size: 64,
         ..Default::default()
     };
     Ok(Arc::new(config.validate()?))

@@ -200,6 +200,13 @@ impl RaftStateMachine<TypeConfig> for TableStateMachine {
         if let Ok(mut guard) = self.membership.lock() {
             *guard = state.last_membership;
         }
+        metrics::counter!("armada_raft_snapshot_installs_total", "shard_id" => self.table.id().to_string())
+            .increment(1);
+        tracing::info!(
+            shard_id = self.table.id().get(),
+            log_index = position.log_index.get(),
+            "installed a snapshot"
+        );
         self.applied.send_replace(position);
         Ok(())
     }

@@ -92,6 +92,10 @@ const CODE_PROTOCOL: u32 = 2;
 const CODE_REFUSED: u32 = 3;
 const CODE_ABANDONED: u32 = 4;
 
+/// How long a call may wait for a connection and a stream before it counts as undelivered.
+/// Short, so that a request for a dead peer fails fast and can be retried elsewhere.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How a node's QUIC transport is set up.
 #[derive(Clone, Debug)]
 pub struct QuicConfig {
@@ -400,16 +404,67 @@ impl QuicTransport {
         .shared()
     }
 
-    async fn exchange(&self, target: PeerId, request: Bytes) -> Result<Bytes, TransportError> {
-        let link = self.link(target)?;
-        let connection = self.connection(&link).await?;
-        let (mut send, mut receive) = open_stream(&connection, target).await?;
-        frame::write_frame(&mut send, FrameKind::Call, request)
+    /// Connects (or reuses the connection) and opens a stream, within `limit`. Nothing has
+    /// been sent when this fails, so a timeout here means "not delivered" (`Unreachable`),
+    /// which lets callers retry elsewhere safely.
+    async fn open(
+        &self,
+        target: PeerId,
+        limit: Duration,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), TransportError> {
+        let attempt = async {
+            let link = self.link(target)?;
+            let connection = self.connection(&link).await?;
+            open_stream(&connection, target).await
+        };
+        match tokio::time::timeout(limit, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(TransportError::Unreachable {
+                peer: target,
+                reason: format!("no connection within {limit:?}"),
+            }),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        target: PeerId,
+        request: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, TransportError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (mut send, mut receive) = self.open(target, timeout.min(CONNECT_TIMEOUT)).await?;
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(
+            remaining,
+            Self::send_and_receive(
+                &mut send,
+                &mut receive,
+                request,
+                target,
+                self.limits.max_frame_bytes,
+            ),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(TransportError::Timeout { peer: target }),
+        }
+    }
+
+    async fn send_and_receive(
+        send: &mut quinn::SendStream,
+        receive: &mut quinn::RecvStream,
+        request: Bytes,
+        target: PeerId,
+        max_frame_bytes: usize,
+    ) -> Result<Bytes, TransportError> {
+        frame::write_frame(send, FrameKind::Call, request)
             .await
             .map_err(|error| interrupted(target, error))?;
         // Finishing fails only if the stream was reset meanwhile; the response read says why.
         let _ = send.finish();
-        read_response(&mut receive, target, self.limits.max_frame_bytes).await
+        read_response(receive, target, max_frame_bytes).await
     }
 
     async fn exchange_stream(
@@ -418,9 +473,7 @@ impl QuicTransport {
         header: Bytes,
         body: BodyStream,
     ) -> Result<Bytes, TransportError> {
-        let link = self.link(target)?;
-        let connection = self.connection(&link).await?;
-        let (send, mut receive) = open_stream(&connection, target).await?;
+        let (send, mut receive) = self.open(target, CONNECT_TIMEOUT).await?;
         // Bulk bodies yield to calls (heartbeats, votes) when both wait to be sent.
         let _ = send.set_priority(-1);
         let sending = send_body(send, header, body, target, self.limits.stream_chunk_bytes);
@@ -464,10 +517,7 @@ impl Transport for QuicTransport {
         timeout: Duration,
     ) -> Result<Bytes, TransportError> {
         check_size("request", request.len(), self.limits.max_frame_bytes)?;
-        match tokio::time::timeout(timeout, self.exchange(target, request)).await {
-            Ok(result) => result,
-            Err(_) => Err(TransportError::Timeout { peer: target }),
-        }
+        self.exchange(target, request, timeout).await
     }
 
     async fn call_stream(
