@@ -169,3 +169,71 @@ async fn dev_starts_from_an_empty_directory() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_with_three_nodes_starts_a_local_cluster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_armada"))
+        .args(["dev", "--nodes", "3", "--api.address", "http://127.0.0.1:0"])
+        .args([
+            "--replication.address",
+            "http://127.0.0.1:0",
+            "--rest.address",
+            "http://127.0.0.1:0",
+        ])
+        .args(["--raft.address", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut apis = Vec::new();
+    while apis.len() < 3 {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let line = receiver
+            .recv_timeout(remaining)
+            .expect("dev --nodes 3 printed its nodes");
+        if let Some(rest) = line.trim().strip_prefix("node ")
+            && let Some(api) = rest.split_whitespace().nth(2)
+        {
+            apis.push(api.to_string());
+        }
+    }
+    assert!(dir.path().join("armada-data/node3").is_dir());
+    assert!(
+        armada_cli(&apis[0], &["table", "create", "demo"])
+            .status
+            .success()
+    );
+    let put = armada_cli(&apis[1], &["kv", "put", "demo", "hello", "cluster"]);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let got = armada_cli(&apis[2], &["kv", "get", "demo", "hello", "--linearizable"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "hello\ncluster\n");
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "dev exits cleanly on SIGTERM: {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "dev did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -10,6 +10,10 @@ use super::leader::{ServerFlags, resolve, termination};
 
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
+    /// Nodes in the local leader cluster (1, 3 or 5). Node i uses the configured ports plus
+    /// 10 × (i − 1) and keeps its data in `<data-dir>/node<i>`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=5))]
+    pub nodes: u64,
     /// Configuration file, as for `armada leader`.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -41,21 +45,144 @@ fn dev_defaults() -> ServerConfig {
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let config = resolve(args.config, &args.server, dev_defaults())?;
     armada_server::telemetry::init_logging(&config.log_level, &config.log_format);
-    let data_dir =
-        std::fs::canonicalize(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
+    if args.nodes == 1 {
+        return run_single(config).await;
+    }
+    run_cluster(config, args.nodes).await
+}
+
+async fn run_single(config: ServerConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let data_dir = std::fs::canonicalize(&config.data_dir)?;
     armada_server::server::run(config, termination(), move |bound| {
         println!("Armada dev is running (single-node leader cluster).");
         println!("  data:        {}", data_dir.display());
         println!("  API:         {}", bound.api);
         println!("  replication: {}", bound.replication);
         println!("  metrics:     {}/metrics", bound.rest);
-        println!();
-        println!("Try:");
-        println!("  armada table create demo --address {}", bound.api);
-        println!("  armada kv put demo hello world --address {}", bound.api);
-        println!("  armada kv get demo hello --address {}", bound.api);
-        println!();
-        println!("Stop with Ctrl-C.");
+        print_first_commands(&bound.api);
     })
     .await
+}
+
+fn print_first_commands(api: &str) {
+    println!();
+    println!("Try:");
+    println!("  armada table create demo --address {api}");
+    println!("  armada kv put demo hello world --address {api}");
+    println!("  armada kv get demo hello --address {api}");
+    println!();
+    println!("Stop with Ctrl-C.");
+}
+
+/// `address` with its port moved by `offset` (port 0 stays 0: the OS picks).
+fn shift_port(address: &str, offset: u16) -> anyhow::Result<String> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("{address} has no port"))?;
+    let port: u16 = port.trim_end_matches('/').parse()?;
+    if port == 0 {
+        return Ok(address.to_string());
+    }
+    let shifted = port
+        .checked_add(offset)
+        .ok_or_else(|| anyhow::anyhow!("{address}: port {port} + {offset} is too large"))?;
+    Ok(format!("{host}:{shifted}"))
+}
+
+/// Raft addresses of every node: the configured port plus 10 × (i − 1), or free UDP ports when
+/// the configured port is 0 (peers must know each other's addresses before they start).
+fn raft_addresses(base: &str, nodes: u64) -> anyhow::Result<Vec<String>> {
+    let (host, port) = base
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("raft.address {base} has no port"))?;
+    if port == "0" {
+        let sockets = (0..nodes)
+            .map(|_| std::net::UdpSocket::bind(format!("{host}:0")))
+            .collect::<Result<Vec<_>, _>>()?;
+        return sockets
+            .iter()
+            .map(|socket| Ok(socket.local_addr()?.to_string()))
+            .collect();
+    }
+    (0..nodes)
+        .map(|i| shift_port(base, 10 * i as u16))
+        .collect()
+}
+
+async fn run_cluster(base: ServerConfig, nodes: u64) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&base.data_dir)?;
+    let data_dir = std::fs::canonicalize(&base.data_dir)?;
+    let raft = raft_addresses(&base.raft.address, nodes)?;
+    let members = raft
+        .iter()
+        .enumerate()
+        .map(|(i, address)| format!("{}={address}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (ready, mut readiness) = tokio::sync::mpsc::channel(nodes as usize);
+    let mut servers = Vec::new();
+    for i in 0..nodes {
+        let offset = 10 * i as u16;
+        let mut config = base.clone();
+        config.data_dir = data_dir.join(format!("node{}", i + 1));
+        config.raft.node_id = i + 1;
+        config.raft.address = raft[i as usize].clone();
+        config.raft.initial_members = members.clone();
+        config.api.address = shift_port(&base.api.address, offset)?;
+        config.api.advertise_address = config.api.address.clone();
+        config.replication.address = shift_port(&base.replication.address, offset)?;
+        config.rest.address = shift_port(&base.rest.address, offset)?;
+        let mut stopped = stopped.clone();
+        let ready = ready.clone();
+        servers.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            armada_server::server::run(config, shutdown, move |bound| {
+                let _ = ready.try_send((i + 1, bound.clone()));
+            })
+            .await
+        }));
+    }
+    drop(ready);
+    let mut bound = std::collections::BTreeMap::new();
+    while bound.len() < nodes as usize {
+        tokio::select! {
+            next = readiness.recv() => match next {
+                Some((id, addresses)) => { bound.insert(id, addresses); }
+                None => break,
+            },
+            _ = termination() => {
+                let _ = stop.send(true);
+                break;
+            }
+        }
+    }
+    if bound.len() == nodes as usize {
+        println!("Armada dev is running ({nodes}-node leader cluster).");
+        println!("  data: {}", data_dir.display());
+        for (id, addresses) in &bound {
+            println!(
+                "  node {id}: API {}  replication {}  metrics {}/metrics",
+                addresses.api, addresses.replication, addresses.rest
+            );
+        }
+        println!("Any node takes writes and linearizable reads.");
+        if let Some(first) = bound.values().next() {
+            print_first_commands(&first.api);
+        }
+        termination().await;
+        let _ = stop.send(true);
+    }
+    let mut result = Ok(());
+    for server in servers {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => result = Err(error),
+            Err(error) => result = Err(error.into()),
+        }
+    }
+    result
 }
