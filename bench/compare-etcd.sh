@@ -15,6 +15,7 @@
 #   KEYS KEY_SIZE VALUE_SIZE CONNECTIONS READ_RATIO   bench parameters (10000 16 256 4 0.9)
 #   RESULTS         also write the Markdown table to this file
 #   KEEP_WORKDIR=1  keep the temporary directory (logs, JSON results)
+#   NODES           members of each cluster, 1 or 3 (default 1); clients use every member
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,6 +28,7 @@ KEY_SIZE=${KEY_SIZE:-16}
 VALUE_SIZE=${VALUE_SIZE:-256}
 CONNECTIONS=${CONNECTIONS:-4}
 READ_RATIO=${READ_RATIO:-0.9}
+NODES=${NODES:-1}
 
 # name workload clients
 MATRIX=(
@@ -146,40 +148,58 @@ wait_ready() {
   log "$name ready"
 }
 
-ETCD_CLIENT=$(free_port)
-ETCD_PEER=$(free_port)
-ETCD_URL=http://127.0.0.1:$ETCD_CLIENT
-etcd --name compare --data-dir "$WORK/etcd" \
-  --listen-client-urls "$ETCD_URL" --advertise-client-urls "$ETCD_URL" \
-  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" \
-  --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
-  --initial-cluster "compare=http://127.0.0.1:$ETCD_PEER" \
-  >"$WORK/etcd.log" 2>&1 &
-ETCD_PID=$!
-PIDS+=("$ETCD_PID")
+# NODES members of each system, all on loopback; clients spread over every member.
+ETCD_URLS=()
+ETCD_CLUSTER=""
+ETCD_PEERS=()
+for i in $(seq 1 "$NODES"); do
+  ETCD_URLS+=("http://127.0.0.1:$(free_port)")
+  ETCD_PEERS+=("http://127.0.0.1:$(free_port)")
+  ETCD_CLUSTER="$ETCD_CLUSTER${ETCD_CLUSTER:+,}etcd$i=${ETCD_PEERS[$((i - 1))]}"
+done
+ETCD_PIDS=()
+for i in $(seq 1 "$NODES"); do
+  etcd --name "etcd$i" --data-dir "$WORK/etcd$i" \
+    --listen-client-urls "${ETCD_URLS[$((i - 1))]}" --advertise-client-urls "${ETCD_URLS[$((i - 1))]}" \
+    --listen-peer-urls "${ETCD_PEERS[$((i - 1))]}" \
+    --initial-advertise-peer-urls "${ETCD_PEERS[$((i - 1))]}" \
+    --initial-cluster "$ETCD_CLUSTER" --initial-cluster-state new \
+    >"$WORK/etcd$i.log" 2>&1 &
+  ETCD_PIDS+=("$!")
+  PIDS+=("$!")
+done
+ETCD_PID=${ETCD_PIDS[0]}
+ETCD_URL=$(IFS=,; echo "${ETCD_URLS[*]}")
 
-RAFT_PORT=$(free_port)
-API_PORT=$(free_port)
-REST_PORT=$(free_port)
-REPLICATION_PORT=$(free_port)
-ARMADA_URL=http://127.0.0.1:$API_PORT
-"$ARMADA" leader --data-dir "$WORK/armada" \
-  --raft.node-id 1 --raft.address "127.0.0.1:$RAFT_PORT" \
-  --raft.initial-members "1=127.0.0.1:$RAFT_PORT" \
-  --api.address "$ARMADA_URL" \
-  --rest.address "http://127.0.0.1:$REST_PORT" \
-  --replication.address "http://127.0.0.1:$REPLICATION_PORT" \
-  >"$WORK/armada.log" 2>&1 &
-ARMADA_PID=$!
-PIDS+=("$ARMADA_PID")
+ARMADA_URLS=()
+RAFT_PORTS=()
+MEMBERS=""
+for i in $(seq 1 "$NODES"); do
+  RAFT_PORTS+=("$(free_port)")
+  MEMBERS="$MEMBERS${MEMBERS:+,}$i=127.0.0.1:${RAFT_PORTS[$((i - 1))]}"
+done
+for i in $(seq 1 "$NODES"); do
+  url="http://127.0.0.1:$(free_port)"
+  ARMADA_URLS+=("$url")
+  "$ARMADA" leader --data-dir "$WORK/armada$i" \
+    --raft.node-id "$i" --raft.address "127.0.0.1:${RAFT_PORTS[$((i - 1))]}" \
+    --raft.initial-members "$MEMBERS" \
+    --api.address "$url" \
+    --rest.address "http://127.0.0.1:$(free_port)" \
+    --replication.address "http://127.0.0.1:$(free_port)" \
+    >"$WORK/armada$i.log" 2>&1 &
+  PIDS+=("$!")
+  [ "$i" = 1 ] && ARMADA_PID=$!
+done
+ARMADA_URL=$(IFS=,; echo "${ARMADA_URLS[*]}")
 
 etcd_ok=1
 armada_ok=1
-wait_ready etcd "$ETCD_PID" "$WORK/etcd.log" \
+wait_ready etcd "$ETCD_PID" "$WORK/etcd1.log" \
   "$ARMADA" bench --target etcd --endpoints "$ETCD_URL" --total 1 --warmup 0s \
   --clients 1 --connections 1 --no-prefill --timeout 2s || etcd_ok=0
-wait_ready armada "$ARMADA_PID" "$WORK/armada.log" \
-  "$ARMADA" table list --address "$ARMADA_URL" --timeout 2s || armada_ok=0
+wait_ready armada "$ARMADA_PID" "$WORK/armada1.log" \
+  "$ARMADA" table list --address "${ARMADA_URLS[0]}" --timeout 2s || armada_ok=0
 [ "$etcd_ok" = 1 ] || [ "$armada_ok" = 1 ] || die "neither server became ready"
 
 # --- runs ----------------------------------------------------------------------------------
@@ -253,7 +273,7 @@ done
 # --- report --------------------------------------------------------------------------------
 
 {
-  echo "## Armada vs etcd, single node, $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "## Armada vs etcd, $NODES node(s) each, $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
   echo "- machine: $(nproc) cores, $(uname -sr)"
   echo "- armada: $("$ARMADA" version 2>/dev/null || echo unknown)$([ "$armada_ok" = 1 ] || echo ' (did not start)')"
