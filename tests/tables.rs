@@ -182,6 +182,8 @@ async fn status_members_and_rest_endpoints() {
     assert_eq!(table.leader, "1");
     assert!(table.raft_term >= 1);
     assert_eq!(table.raft_applied_index, revision);
+    assert!(table.commit_index >= revision);
+    assert!(table.first_log_index <= revision, "nothing compacted yet");
     assert_eq!(table.revision, revision);
     assert!(table.raft_index >= revision);
     assert!(table.log_size > 0 && table.db_size >= 0);

@@ -56,6 +56,7 @@ impl ClusterService {
                     revision: position.revision.get(),
                     shard_id: group.id.get(),
                     content_hash,
+                    commit_index: metrics.local_committed.map_or(0, |log_id| log_id.index),
                     first_log_index: self
                         .node
                         .log_engine()
