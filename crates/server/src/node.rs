@@ -74,7 +74,7 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir)?;
         std::fs::create_dir_all(config.data_dir.join("tmp"))?;
         let storage = Storage::open(&config.data_dir.join("db"))?;
-        let log = LogEngine::open(&storage)?;
+        let log = LogEngine::open(&config.data_dir.join("raft-log"), &storage)?;
         let raft_config = crate::groups::raft_config(
             config.raft.rtt,
             config.raft.heartbeat_rtt,
