@@ -8,6 +8,16 @@ use std::time::{Duration, Instant};
 
 use common::{Armada, get};
 
+/// Kills the child process if the test ends early (a failed assertion), so none is left running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn armada_cli(address: &str, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_armada"))
         .args(args)
@@ -84,7 +94,7 @@ async fn cli_round_trip_put_get_delete_and_errors() {
 #[tokio::test(flavor = "multi_thread")]
 async fn dev_starts_from_an_empty_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_armada"))
+    let child = Command::new(env!("CARGO_BIN_EXE_armada"))
         .args([
             "dev",
             "--api.address",
@@ -103,7 +113,8 @@ async fn dev_starts_from_an_empty_directory() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn dev");
-    let stdout = child.stdout.take().expect("stdout");
+    let mut child = KillOnDrop(child);
+    let stdout = child.0.stdout.take().expect("stdout");
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -157,11 +168,11 @@ async fn dev_starts_from_an_empty_directory() {
 
     let _ = Command::new("kill")
         .arg("-TERM")
-        .arg(child.id().to_string())
+        .arg(child.0.id().to_string())
         .status();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(status) = child.try_wait().expect("wait") {
+        if let Some(status) = child.0.try_wait().expect("wait") {
             assert!(status.success(), "dev exits cleanly on SIGTERM: {status}");
             break;
         }
@@ -173,7 +184,7 @@ async fn dev_starts_from_an_empty_directory() {
 #[tokio::test(flavor = "multi_thread")]
 async fn dev_with_three_nodes_starts_a_local_cluster() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_armada"))
+    let child = Command::new(env!("CARGO_BIN_EXE_armada"))
         .args(["dev", "--nodes", "3", "--api.address", "http://127.0.0.1:0"])
         .args([
             "--replication.address",
@@ -187,7 +198,8 @@ async fn dev_with_three_nodes_starts_a_local_cluster() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn dev");
-    let stdout = child.stdout.take().expect("stdout");
+    let mut child = KillOnDrop(child);
+    let stdout = child.0.stdout.take().expect("stdout");
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -225,11 +237,11 @@ async fn dev_with_three_nodes_starts_a_local_cluster() {
     assert_eq!(String::from_utf8_lossy(&got.stdout), "hello\ncluster\n");
     let _ = Command::new("kill")
         .arg("-TERM")
-        .arg(child.id().to_string())
+        .arg(child.0.id().to_string())
         .status();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(status) = child.try_wait().expect("wait") {
+        if let Some(status) = child.0.try_wait().expect("wait") {
             assert!(status.success(), "dev exits cleanly on SIGTERM: {status}");
             break;
         }

@@ -121,7 +121,7 @@ async fn run_cluster(base: ServerConfig, nodes: u64) -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .join(",");
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let (ready, mut readiness) = tokio::sync::mpsc::channel(nodes as usize);
+    let (events, mut event) = tokio::sync::mpsc::channel::<NodeEvent>(2 * nodes as usize);
     let mut servers = Vec::new();
     for i in 0..nodes {
         let offset = 10 * i as u16;
@@ -135,29 +135,41 @@ async fn run_cluster(base: ServerConfig, nodes: u64) -> anyhow::Result<()> {
         config.replication.address = shift_port(&base.replication.address, offset)?;
         config.rest.address = shift_port(&base.rest.address, offset)?;
         let mut stopped = stopped.clone();
-        let ready = ready.clone();
+        let events = events.clone();
         servers.push(tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             };
-            armada_server::server::run(config, shutdown, move |bound| {
-                let _ = ready.try_send((i + 1, bound.clone()));
+            let ready = events.clone();
+            let result = armada_server::server::run(config, shutdown, move |bound| {
+                let _ = ready.try_send(NodeEvent::Ready(i + 1, bound.clone()));
             })
-            .await
+            .await;
+            let _ = events
+                .send(NodeEvent::Exited(
+                    i + 1,
+                    result.as_ref().err().map(|e| format!("{e:#}")),
+                ))
+                .await;
+            result
         }));
     }
-    drop(ready);
+    drop(events);
+    // One signal listener for the whole run: a signal must not fall between two listeners.
+    let terminated = termination();
+    tokio::pin!(terminated);
     let mut bound = std::collections::BTreeMap::new();
-    while bound.len() < nodes as usize {
+    let mut failure = None;
+    while bound.len() < nodes as usize && failure.is_none() {
         tokio::select! {
-            next = readiness.recv() => match next {
-                Some((id, addresses)) => { bound.insert(id, addresses); }
-                None => break,
+            next = event.recv() => match next {
+                Some(NodeEvent::Ready(id, addresses)) => { bound.insert(id, addresses); }
+                Some(NodeEvent::Exited(id, error)) => {
+                    failure = Some(format!("node {id} stopped during start-up: {}", error.unwrap_or_default()));
+                }
+                None => failure = Some("every node stopped".into()),
             },
-            _ = termination() => {
-                let _ = stop.send(true);
-                break;
-            }
+            _ = &mut terminated => break,
         }
     }
     if bound.len() == nodes as usize {
@@ -173,16 +185,25 @@ async fn run_cluster(base: ServerConfig, nodes: u64) -> anyhow::Result<()> {
         if let Some(first) = bound.values().next() {
             print_first_commands(&first.api);
         }
-        termination().await;
-        let _ = stop.send(true);
-    }
-    let mut result = Ok(());
-    for server in servers {
-        match server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => result = Err(error),
-            Err(error) => result = Err(error.into()),
+        tokio::select! {
+            _ = &mut terminated => {}
+            Some(NodeEvent::Exited(id, error)) = event.recv() => {
+                failure = Some(format!("node {id} stopped: {}", error.unwrap_or_else(|| "no error".into())));
+            }
         }
     }
-    result
+    let _ = stop.send(true);
+    for server in servers {
+        // Start-up cannot be interrupted: a node still starting finishes (or fails) first.
+        let _ = server.await;
+    }
+    match failure {
+        Some(message) => Err(anyhow::anyhow!(message)),
+        None => Ok(()),
+    }
+}
+
+enum NodeEvent {
+    Ready(u64, armada_server::server::BoundAddresses),
+    Exited(u64, Option<String>),
 }

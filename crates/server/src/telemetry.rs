@@ -1,7 +1,7 @@
 //! Logs (tracing) and metrics (Prometheus) set-up, and the gauges sampled on scrape.
 
 use openraft::async_runtime::WatchReceiver;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -9,11 +9,16 @@ use crate::node::Node;
 
 /// Installs the process-wide Prometheus recorder once and returns its handle.
 pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    if let Some(handle) = HANDLE.get() {
+    // A mutex, not a bare OnceLock: several servers of one process (`armada dev --nodes 3`)
+    // start concurrently and only one may install the process-wide recorder.
+    static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+    let mut handle = HANDLE
+        .lock()
+        .map_err(|_| anyhow::anyhow!("metrics set-up panicked"))?;
+    if let Some(handle) = handle.as_ref() {
         return Ok(handle.clone());
     }
-    let handle = PrometheusBuilder::new()
+    let installed = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full("grpc_server_handling_seconds".into()),
             &[
@@ -21,7 +26,8 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
             ],
         )?
         .install_recorder()?;
-    Ok(HANDLE.get_or_init(|| handle).clone())
+    *handle = Some(installed.clone());
+    Ok(installed)
 }
 
 /// Sets up logging: human-readable text or JSON lines, filtered by `level` (or `RUST_LOG`).
