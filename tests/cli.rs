@@ -89,6 +89,16 @@ async fn cli_round_trip_put_get_delete_and_errors() {
     let status = armada_cli(&armada.api, &["status"]);
     assert!(status.status.success());
     assert!(String::from_utf8_lossy(&status.stdout).contains("cli"));
+    let status = armada_cli(&armada.api, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    let table = &status["tables"]["cli"];
+    assert!(
+        table["commit_index"]
+            .as_u64()
+            .is_some_and(|index| index >= 2),
+        "{status}"
+    );
+    assert!(table["first_log_index"].as_u64().is_some(), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -116,6 +116,8 @@ fn status_json(status: &StatusResponse) -> Value {
                 "raft_term": table.raft_term,
                 "raft_index": table.raft_index,
                 "raft_applied_index": table.raft_applied_index,
+                "commit_index": table.commit_index,
+                "first_log_index": table.first_log_index,
                 "revision": table.revision,
                 "log_size": table.log_size,
                 "db_size": table.db_size,
