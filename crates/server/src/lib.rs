@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod groups;
+pub mod load;
 pub mod node;
 pub mod rest;
 pub mod server;

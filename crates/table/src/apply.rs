@@ -35,44 +35,121 @@ pub(crate) struct Applier<'a> {
     generation: &'a Generation,
     overlay: Overlay,
     history: PendingHistory,
+    /// The last leader index applied (stored before this batch, then carried by its commands).
+    leader_index: Option<LeaderIndex>,
+    /// A follower replica accepts only replicated commands.
+    follower: bool,
 }
 
 impl<'a> Applier<'a> {
-    pub fn new(snapshot: &'a Snapshot, generation: &'a Generation) -> Self {
+    pub fn new(
+        snapshot: &'a Snapshot,
+        generation: &'a Generation,
+        leader_index: Option<LeaderIndex>,
+        follower: bool,
+    ) -> Self {
         Applier {
             snapshot,
             generation,
             overlay: Overlay::new(),
             history: PendingHistory::new(),
+            leader_index,
+            follower,
         }
+    }
+
+    /// The last leader index applied so far.
+    pub fn leader_index(&self) -> Option<LeaderIndex> {
+        self.leader_index
     }
 
     fn reader(&self) -> Reader<'_> {
         Reader::new(self.snapshot, self.generation, Some(&self.overlay))
     }
 
-    /// Applies one entry; also returns the leader index its command carried.
-    pub fn apply_entry(
-        &mut self,
-        entry: &ApplyEntry<'_>,
-    ) -> Result<(ApplyOutcome, Option<LeaderIndex>)> {
+    /// Applies one entry.
+    pub fn apply_entry(&mut self, entry: &ApplyEntry<'_>) -> Result<ApplyOutcome> {
         let mut result = pb::CommandResult {
             responses: Vec::new(),
             revision: entry.revision.get(),
         };
         let Some(command) = entry.command else {
-            let outcome = ApplyOutcome::Applied {
+            return Ok(ApplyOutcome::Applied {
                 result,
                 succeeded: true,
-            };
-            return Ok((outcome, None));
+            });
         };
+        if is_replicated_sequence(command) {
+            return self.replicated_sequence(command, result);
+        }
         let leader_index = carried_leader_index(command);
-        if let Err(message) = validate(command, entry.revision, 0) {
-            return Ok((ApplyOutcome::Rejected(message), leader_index));
+        let checked = if self.follower && !is_follower_command(command) {
+            Err("a follower table applies only replicated commands".to_string())
+        } else {
+            validate(command, entry.revision, 0)
+        };
+        if let Some(index) = leader_index {
+            self.leader_index = Some(index);
+        }
+        if let Err(message) = checked {
+            return Ok(ApplyOutcome::Rejected(message));
         }
         let succeeded = self.command(command, entry.revision, &mut result.responses)?;
-        Ok((ApplyOutcome::Applied { result, succeeded }, leader_index))
+        Ok(ApplyOutcome::Applied { result, succeeded })
+    }
+
+    /// Applies a SEQUENCE of the leader cluster's commands, each carrying its leader index.
+    ///
+    /// Replication is exactly-once by construction: commands at or below the applied leader
+    /// index are skipped (a retried or duplicated proposal), the next one must follow it
+    /// directly (the leader's indices are contiguous), and a command the leader rejected is
+    /// rejected here the same way (its index still counts). A gap rejects the whole entry.
+    fn replicated_sequence(
+        &mut self,
+        command: &pb::Command,
+        mut result: pb::CommandResult,
+    ) -> Result<ApplyOutcome> {
+        let mut next = self.leader_index.map_or(0, LeaderIndex::get);
+        let mut accepted = Vec::with_capacity(command.sequence.len());
+        for nested in &command.sequence {
+            let Some(index) = nested.leader_index else {
+                return Ok(ApplyOutcome::Rejected(
+                    "a replicated SEQUENCE mixes commands with and without a leader index".into(),
+                ));
+            };
+            if index <= next {
+                continue;
+            }
+            if index != next + 1 {
+                return Ok(ApplyOutcome::Rejected(format!(
+                    "replicated command at leader index {index} does not follow the applied leader index {next}"
+                )));
+            }
+            if !is_follower_replayable(nested) {
+                return Ok(ApplyOutcome::Rejected(format!(
+                    "command type {} at leader index {index} cannot be replicated",
+                    nested.r#type
+                )));
+            }
+            accepted.push(nested);
+            next = index;
+        }
+        for nested in accepted {
+            let index = nested.leader_index.expect("checked above");
+            let revision = Revision::from_leader_index(LeaderIndex(index));
+            // The leader rejected an invalid command the same way: no change, index consumed.
+            if validate(nested, revision, 1).is_ok() {
+                self.command(nested, revision, &mut result.responses)?;
+            }
+            self.leader_index = Some(LeaderIndex(index));
+        }
+        if let Some(index) = self.leader_index {
+            result.revision = index.get();
+        }
+        Ok(ApplyOutcome::Applied {
+            result,
+            succeeded: true,
+        })
     }
 
     /// Executes a validated command; returns the txn compare result (`true` otherwise).
@@ -117,6 +194,9 @@ impl<'a> Applier<'a> {
                 for nested in &command.sequence {
                     self.command(nested, nested_revision(nested, revision), responses)?;
                 }
+            }
+            CommandType::LoadBegin | CommandType::LoadChunk | CommandType::LoadCommit => {
+                unreachable!("validation rejects LOAD commands outside Table::apply_load")
             }
         }
         Ok(true)
@@ -263,6 +343,28 @@ fn nested_revision(nested: &pb::Command, revision: Revision) -> Revision {
     })
 }
 
+/// A SEQUENCE whose commands carry leader indices: a batch replicated from the leader cluster.
+fn is_replicated_sequence(command: &pb::Command) -> bool {
+    command.r#type == CommandType::Sequence as i32
+        && command
+            .sequence
+            .iter()
+            .any(|nested| nested.leader_index.is_some())
+}
+
+/// Top-level commands a follower replica accepts besides replicated SEQUENCEs.
+fn is_follower_command(command: &pb::Command) -> bool {
+    command.r#type == CommandType::Dummy as i32
+}
+
+/// Commands of the leader's log a follower replays (LOAD commands never leave the leader).
+fn is_follower_replayable(command: &pb::Command) -> bool {
+    !matches!(
+        CommandType::try_from(command.r#type),
+        Ok(CommandType::LoadBegin | CommandType::LoadChunk | CommandType::LoadCommit)
+    )
+}
+
 /// The leader index a command carries: its own, else the last one nested in a SEQUENCE.
 fn carried_leader_index(command: &pb::Command) -> Option<LeaderIndex> {
     command
@@ -354,6 +456,10 @@ pub(crate) fn validate(
             .iter()
             .try_for_each(|kv| check_put(&kv.key, &kv.value)),
         CommandType::Txn => validate_txn(command.txn.as_ref().ok_or("TXN without txn")?),
+        CommandType::LoadBegin | CommandType::LoadChunk | CommandType::LoadCommit => Err(format!(
+            "{} must be applied alone, outside a SEQUENCE",
+            kind.as_str_name()
+        )),
         CommandType::Sequence => {
             if depth >= MAX_SEQUENCE_DEPTH {
                 return Err(format!("SEQUENCE nested deeper than {MAX_SEQUENCE_DEPTH}"));
@@ -365,7 +471,7 @@ pub(crate) fn validate(
     }
 }
 
-fn check_put(key: &[u8], value: &[u8]) -> Result<(), String> {
+pub(crate) fn check_put(key: &[u8], value: &[u8]) -> Result<(), String> {
     if key.is_empty() {
         return Err("key must be set".into());
     }

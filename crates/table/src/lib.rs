@@ -33,6 +33,7 @@
 mod apply;
 mod dump;
 mod error;
+mod load;
 mod position;
 mod read;
 mod snapshot;
@@ -43,7 +44,7 @@ pub use armada_proto::mvcc::v1 as pb;
 pub use dump::{DUMP_STREAM_IDENTIFIER, DumpReader};
 pub use error::TableError;
 pub use position::AppliedPosition;
-pub use table::Table;
+pub use table::{Table, TableRole};
 pub use view::ReadView;
 
 use armada_storage::Revision;

@@ -8,14 +8,18 @@
 //! update the cache after its commit, and by install around switching generations, so a view
 //! never pairs a snapshot with the wrong generation's keyspaces.
 
-use crate::apply::Applier;
+use crate::apply::{Applier, check_put};
 use crate::error::{Result, TableError};
+use crate::load::{Staging, StagingMeta};
 use crate::position::AppliedPosition;
 use crate::view::ReadView;
-use crate::{ApplyEntry, ApplyOutcome, snapshot};
+use crate::{ApplyEntry, ApplyOutcome, pb, snapshot};
 use armada_storage::fjall::{Keyspace, Readable};
-use armada_storage::{Revision, Storage, TableId, keyspace_name};
+use armada_storage::mvcc::{self, HistoryVersion};
+use armada_storage::{LeaderIndex, Revision, Storage, TableId, keyspace_name};
 use bytes::Bytes;
+use pb::command::CommandType;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// Version of the table layout, stored under `format` in the meta keyspace.
@@ -25,6 +29,18 @@ pub(crate) const META_FORMAT: &[u8] = b"format";
 pub(crate) const META_GENERATION: &[u8] = b"generation";
 pub(crate) const META_POSITION: &[u8] = b"position";
 pub(crate) const META_COMPACT_REVISION: &[u8] = b"compact_revision";
+pub(crate) const META_STAGING: &[u8] = b"staging";
+
+/// Which cluster a table replica belongs to; decides how revisions are assigned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableRole {
+    /// Leader cluster: a write's revision is its entry's log index.
+    Leader,
+    /// Follower cluster: the table applies only replicated commands (SEQUENCEs of the leader's
+    /// commands, each stamped with its leader index) and staged loads; its revision is the last
+    /// applied leader index.
+    Follower,
+}
 
 /// The keyspaces of one generation of a table's data.
 pub(crate) struct Generation {
@@ -37,6 +53,8 @@ pub(crate) struct State {
     pub generation: Arc<Generation>,
     pub position: AppliedPosition,
     pub compact_revision: Revision,
+    /// The staged load in progress, if any (see `load.rs`).
+    pub staging: Option<Staging>,
 }
 
 struct Inner {
@@ -45,6 +63,9 @@ struct Inner {
     meta: Keyspace,
     state: RwLock<State>,
     apply_lock: Mutex<()>,
+    role: TableRole,
+    /// Next unused generation number (node-local; generations are not replicated by number).
+    next_generation: AtomicU64,
 }
 
 /// A table's state machine. Cheap to clone.
@@ -95,6 +116,11 @@ impl Table {
     /// Opens or creates the table's keyspaces in `storage`, removing generations left behind by
     /// an interrupted snapshot installation.
     pub fn open(storage: &Storage, id: TableId) -> Result<Table> {
+        Table::open_as(storage, id, TableRole::Leader)
+    }
+
+    /// Opens or creates the table for a replica of the given role.
+    pub fn open_as(storage: &Storage, id: TableId, role: TableRole) -> Result<Table> {
         let meta = storage.keyspace(&keyspace_name(&owner(id), "meta"))?;
         match meta.get(META_FORMAT)? {
             None => {
@@ -121,8 +147,18 @@ impl Table {
             meta.get(META_COMPACT_REVISION)?.map(Bytes::from),
             "compact revision",
         )?);
+        let staging = match meta.get(META_STAGING)? {
+            Some(record) => {
+                let meta = StagingMeta::decode(&record)?;
+                let generation = Arc::new(open_generation(storage, id, meta.generation)?);
+                Some(Staging { meta, generation })
+            }
+            None => None,
+        };
+        let staged_number = staging.as_ref().map(|staging| staging.meta.generation);
+        let highest = generation_numbers(storage, id).max().unwrap_or(0);
         delete_keyspaces(storage, id, |generation| {
-            generation != Some(number) && generation.is_some()
+            generation.is_some() && generation != Some(number) && generation != staged_number
         })?;
         Ok(Table {
             inner: Arc::new(Inner {
@@ -133,10 +169,19 @@ impl Table {
                     generation,
                     position,
                     compact_revision,
+                    staging,
                 }),
                 apply_lock: Mutex::new(()),
+                role,
+                next_generation: AtomicU64::new(
+                    highest.max(number).max(staged_number.unwrap_or(0)) + 1,
+                ),
             }),
         })
+    }
+
+    pub fn role(&self) -> TableRole {
+        self.inner.role
     }
 
     /// Removes every keyspace and record of the table. Open handles of it must not be used
@@ -152,7 +197,10 @@ impl Table {
     /// Applies consecutive log entries in one write batch together with `position`.
     ///
     /// The stored `position.leader_index` is the caller's when set; otherwise the last leader
-    /// index carried by a command of this batch; otherwise the previously stored one.
+    /// index carried by a command of this batch; otherwise the previously stored one. On a
+    /// follower replica the stored revision is that leader index.
+    ///
+    /// A LOAD command (staged load, see `load.rs`) must be the only entry of its call.
     pub fn apply(
         &self,
         entries: &[ApplyEntry<'_>],
@@ -163,24 +211,35 @@ impl Table {
             .apply_lock
             .lock()
             .expect("table apply lock poisoned");
+        let loads = entries
+            .iter()
+            .filter(|entry| entry.command.is_some_and(is_load_command))
+            .count();
+        if loads > 0 {
+            let [entry] = entries else {
+                return Err(TableError::InvalidArgument(
+                    "a LOAD command must be applied alone".into(),
+                ));
+            };
+            let command = entry.command.expect("counted as a LOAD command");
+            return Ok(vec![self.apply_load(entry, command, position)?]);
+        }
         let (generation, previous_leader_index) = {
             let state = self.read_state();
             (state.generation.clone(), state.position.leader_index)
         };
         let snapshot = self.inner.storage.database().snapshot();
-        let mut applier = Applier::new(&snapshot, &generation);
+        let mut applier = Applier::new(
+            &snapshot,
+            &generation,
+            previous_leader_index,
+            self.inner.role == TableRole::Follower,
+        );
         let mut outcomes = Vec::with_capacity(entries.len());
-        let mut carried_leader_index = None;
         for entry in entries {
-            let (outcome, leader_index) = applier.apply_entry(entry)?;
-            outcomes.push(outcome);
-            carried_leader_index = leader_index.or(carried_leader_index);
+            outcomes.push(applier.apply_entry(entry)?);
         }
-        let mut stored = position.clone();
-        stored.leader_index = position
-            .leader_index
-            .or(carried_leader_index)
-            .or(previous_leader_index);
+        let stored = self.stored_position(position, applier.leader_index());
         let mut batch = applier.into_batch(self.inner.storage.database())?;
         batch.insert(&self.inner.meta, META_POSITION, stored.encode());
         batch.commit()?;
@@ -192,6 +251,203 @@ impl Table {
         Ok(outcomes)
     }
 
+    /// The position to persist for `position` given the leader index after the batch.
+    fn stored_position(
+        &self,
+        position: &AppliedPosition,
+        leader_index: Option<LeaderIndex>,
+    ) -> AppliedPosition {
+        let mut stored = position.clone();
+        stored.leader_index = position.leader_index.or(leader_index);
+        if self.inner.role == TableRole::Follower {
+            stored.revision = Revision::from_leader_index(stored.leader_index.unwrap_or_default());
+        }
+        stored
+    }
+
+    /// Applies one LOAD command (see `load.rs`) in its own batch.
+    fn apply_load(
+        &self,
+        entry: &ApplyEntry<'_>,
+        command: &pb::Command,
+        position: &AppliedPosition,
+    ) -> Result<ApplyOutcome> {
+        let database = self.inner.storage.database();
+        let (previous_leader_index, staging) = {
+            let state = self.read_state();
+            (state.position.leader_index, state.staging.clone())
+        };
+        let accepted = || ApplyOutcome::Applied {
+            result: pb::CommandResult {
+                responses: Vec::new(),
+                revision: entry.revision.get(),
+            },
+            succeeded: true,
+        };
+        let current = staging
+            .as_ref()
+            .filter(|staging| staging.meta.load_id == command.load_id && command.load_id != 0);
+        let rejection = match CommandType::try_from(command.r#type) {
+            Ok(CommandType::LoadBegin) if command.load_id == 0 => {
+                Some("load_id must be set".into())
+            }
+            Ok(CommandType::LoadBegin)
+                if !command.load_keep_revisions && entry.revision.get() == 0 =>
+            {
+                Some("LOAD_BEGIN stamped with revision 0".into())
+            }
+            Ok(CommandType::LoadBegin) => None,
+            Ok(CommandType::LoadChunk | CommandType::LoadCommit) if current.is_none() => {
+                Some(format!("load {} is not in progress", command.load_id))
+            }
+            Ok(CommandType::LoadChunk) => {
+                check_load_chunk(&current.expect("checked").meta, &command.batch).err()
+            }
+            Ok(CommandType::LoadCommit) => {
+                let meta = &current.expect("checked").meta;
+                if meta.count != command.load_count {
+                    Some(format!(
+                        "load {} has {} records, the commit expects {}",
+                        meta.load_id, meta.count, command.load_count
+                    ))
+                } else if meta.keep_revisions && command.leader_index.is_none() {
+                    Some("a load that keeps revisions must commit with a leader index".into())
+                } else {
+                    None
+                }
+            }
+            _ => Some("not a LOAD command".into()),
+        };
+        if let Some(message) = rejection {
+            let stored = self.stored_position(position, previous_leader_index);
+            let mut batch = database.batch();
+            batch.insert(&self.inner.meta, META_POSITION, stored.encode());
+            batch.commit()?;
+            self.inner
+                .state
+                .write()
+                .expect("table state lock poisoned")
+                .position = stored;
+            return Ok(ApplyOutcome::Rejected(message));
+        }
+        let kind = CommandType::try_from(command.r#type).expect("checked above");
+        match kind {
+            CommandType::LoadBegin => {
+                let number = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
+                let generation =
+                    Arc::new(open_generation(&self.inner.storage, self.inner.id, number)?);
+                let meta = StagingMeta {
+                    load_id: command.load_id,
+                    generation: number,
+                    count: 0,
+                    begin_revision: entry.revision,
+                    keep_revisions: command.load_keep_revisions,
+                    last_key: None,
+                };
+                let stored = self.stored_position(position, previous_leader_index);
+                let mut batch = database.batch();
+                batch.insert(&self.inner.meta, META_STAGING, meta.encode());
+                batch.insert(&self.inner.meta, META_POSITION, stored.encode());
+                let replaced = {
+                    let mut state = self.inner.state.write().expect("table state lock poisoned");
+                    batch.commit()?;
+                    state.position = stored;
+                    state.staging.replace(Staging { meta, generation })
+                };
+                if let Some(replaced) = replaced {
+                    drop_generation(&self.inner.storage, &replaced.generation)?;
+                }
+            }
+            CommandType::LoadChunk => {
+                let staging = current.expect("checked");
+                let mut meta = staging.meta.clone();
+                let mut batch = database.batch();
+                for kv in &command.batch {
+                    let (create_revision, mod_revision) = if meta.keep_revisions {
+                        (
+                            Revision(kv.create_revision as u64),
+                            Revision(kv.mod_revision as u64),
+                        )
+                    } else {
+                        (meta.begin_revision, meta.begin_revision)
+                    };
+                    batch.insert(
+                        &staging.generation.latest,
+                        kv.key.as_ref(),
+                        mvcc::encode_latest(create_revision, mod_revision, &kv.value),
+                    );
+                    batch.insert(
+                        &staging.generation.history,
+                        mvcc::encode_history_key(&kv.key, mod_revision),
+                        mvcc::encode_history_version(&HistoryVersion::Put {
+                            create_revision,
+                            value: kv.value.as_ref(),
+                        }),
+                    );
+                    meta.count += 1;
+                }
+                if let Some(last) = command.batch.last() {
+                    meta.last_key = Some(last.key.clone());
+                }
+                let stored = self.stored_position(position, previous_leader_index);
+                batch.insert(&self.inner.meta, META_STAGING, meta.encode());
+                batch.insert(&self.inner.meta, META_POSITION, stored.encode());
+                let mut state = self.inner.state.write().expect("table state lock poisoned");
+                batch.commit()?;
+                state.position = stored;
+                state.staging = Some(Staging {
+                    meta,
+                    generation: staging.generation.clone(),
+                });
+            }
+            CommandType::LoadCommit => {
+                let staging = current.expect("checked").clone();
+                let leader_index = command.leader_index.map(LeaderIndex);
+                let stored = self.stored_position(position, leader_index.or(previous_leader_index));
+                let compact_revision = match leader_index {
+                    Some(index) if staging.meta.keep_revisions => {
+                        Revision::from_leader_index(index)
+                    }
+                    _ => stored.revision,
+                };
+                let mut batch = database.batch();
+                batch.insert(
+                    &self.inner.meta,
+                    META_GENERATION,
+                    staging.meta.generation.to_be_bytes(),
+                );
+                batch.insert(&self.inner.meta, META_POSITION, stored.encode());
+                batch.insert(
+                    &self.inner.meta,
+                    META_COMPACT_REVISION,
+                    compact_revision.get().to_be_bytes(),
+                );
+                batch.remove(&self.inner.meta, META_STAGING);
+                let old = {
+                    let mut state = self.inner.state.write().expect("table state lock poisoned");
+                    batch.commit()?;
+                    let old = std::mem::replace(&mut state.generation, staging.generation.clone());
+                    state.position = stored;
+                    state.compact_revision = compact_revision;
+                    state.staging = None;
+                    old
+                };
+                self.inner.storage.sync()?;
+                drop_generation(&self.inner.storage, &old)?;
+            }
+            _ => unreachable!("checked above"),
+        }
+        Ok(accepted())
+    }
+
+    /// Records staged by the load in progress (`None` when no load is staged).
+    pub fn staged_load(&self) -> Option<(u64, u64)> {
+        self.read_state()
+            .staging
+            .as_ref()
+            .map(|staging| (staging.meta.load_id, staging.meta.count))
+    }
+
     /// Last persisted applied position (zero for a new table).
     pub fn applied_position(&self) -> Result<AppliedPosition> {
         Ok(self.read_state().position.clone())
@@ -199,7 +455,7 @@ impl Table {
 
     /// A consistent point-in-time view at the applied position.
     pub fn read_view(&self) -> ReadView {
-        let (snapshot, generation, cached_position, compact_revision) = {
+        let (snapshot, generation, cached_position, compact_revision, staging) = {
             let state = self.read_state();
             let snapshot = self.inner.storage.database().snapshot();
             let cached = state.position.clone();
@@ -208,6 +464,7 @@ impl Table {
                 state.generation.clone(),
                 cached,
                 state.compact_revision,
+                state.staging.clone(),
             )
         };
         // The record was decoded successfully when the table opened or wrote it; should it
@@ -219,7 +476,19 @@ impl Table {
             .flatten()
             .and_then(|record| AppliedPosition::decode(Bytes::from(record)).ok())
             .unwrap_or(cached_position);
-        ReadView::new(snapshot, generation, position, compact_revision)
+        // The staging record is read from the same snapshot, so it matches the staged data.
+        let staging = staging.and_then(|staging| {
+            let record = snapshot
+                .get(&self.inner.meta, META_STAGING)
+                .ok()
+                .flatten()?;
+            let meta = StagingMeta::decode(&record).ok()?;
+            (meta.generation == staging.meta.generation).then_some(Staging {
+                meta,
+                generation: staging.generation,
+            })
+        });
+        ReadView::new(snapshot, generation, position, compact_revision, staging)
     }
 
     /// Replaces the whole table atomically with an internal snapshot stream (see
@@ -233,42 +502,69 @@ impl Table {
             .lock()
             .expect("table apply lock poisoned");
         let storage = &self.inner.storage;
-        let old = self.read_state().generation.clone();
-        let number = old.number + 1;
-        // A leftover of an interrupted install may exist under this number: start clean.
-        delete_keyspaces(storage, self.inner.id, |generation| {
-            generation == Some(number)
-        })?;
-        let generation = Arc::new(open_generation(storage, self.inner.id, number)?);
-        let loaded = match snapshot::load(reader, &generation) {
+        let id = self.inner.id;
+        let allocate = || -> Result<Arc<Generation>> {
+            let number = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
+            Ok(Arc::new(open_generation(storage, id, number)?))
+        };
+        let generation = allocate()?;
+        let mut staged_generation = None;
+        let loaded = snapshot::load(reader, &generation, &mut || {
+            let staged = allocate()?;
+            staged_generation = Some(staged.clone());
+            Ok(staged)
+        });
+        let loaded = match loaded {
             Ok(loaded) => loaded,
             Err(error) => {
-                drop(generation);
-                delete_keyspaces(storage, self.inner.id, |g| g == Some(number))?;
+                drop_generation(storage, &generation)?;
+                if let Some(staged) = staged_generation {
+                    drop_generation(storage, &staged)?;
+                }
                 return Err(error);
             }
         };
+        let staging = match (loaded.staging, staged_generation) {
+            (Some(mut meta), Some(generation)) => {
+                meta.generation = generation.number;
+                Some(Staging { meta, generation })
+            }
+            _ => None,
+        };
         let mut batch = storage.database().batch();
-        batch.insert(&self.inner.meta, META_GENERATION, number.to_be_bytes());
+        batch.insert(
+            &self.inner.meta,
+            META_GENERATION,
+            generation.number.to_be_bytes(),
+        );
         batch.insert(&self.inner.meta, META_POSITION, loaded.position.encode());
         batch.insert(
             &self.inner.meta,
             META_COMPACT_REVISION,
             loaded.compact_revision.get().to_be_bytes(),
         );
-        {
+        match &staging {
+            Some(staging) => batch.insert(&self.inner.meta, META_STAGING, staging.meta.encode()),
+            None => batch.remove(&self.inner.meta, META_STAGING),
+        }
+        let old = {
             let mut state = self.inner.state.write().expect("table state lock poisoned");
             batch.commit()?;
-            *state = State {
-                generation,
-                position: loaded.position.clone(),
-                compact_revision: loaded.compact_revision,
-            };
-        }
+            std::mem::replace(
+                &mut *state,
+                State {
+                    generation,
+                    position: loaded.position.clone(),
+                    compact_revision: loaded.compact_revision,
+                    staging,
+                },
+            )
+        };
         storage.sync()?;
-        let database = storage.database();
-        database.delete_keyspace(old.latest.clone())?;
-        database.delete_keyspace(old.history.clone())?;
+        drop_generation(storage, &old.generation)?;
+        if let Some(staging) = old.staging {
+            drop_generation(storage, &staging.generation)?;
+        }
         Ok(loaded.position)
     }
 
@@ -292,6 +588,52 @@ fn open_generation(storage: &Storage, id: TableId, number: u64) -> Result<Genera
         latest: storage.keyspace(&keyspace_name(&owner, &generation_role(number, "latest")))?,
         history: storage.keyspace(&keyspace_name(&owner, &generation_role(number, "history")))?,
     })
+}
+
+/// Deletes a generation's keyspaces (open handles keep reading what they saw until dropped).
+fn drop_generation(storage: &Storage, generation: &Generation) -> Result<()> {
+    let database = storage.database();
+    database.delete_keyspace(generation.latest.clone())?;
+    database.delete_keyspace(generation.history.clone())?;
+    Ok(())
+}
+
+fn is_load_command(command: &pb::Command) -> bool {
+    matches!(
+        CommandType::try_from(command.r#type),
+        Ok(CommandType::LoadBegin | CommandType::LoadChunk | CommandType::LoadCommit)
+    )
+}
+
+/// Checks the records of a LOAD_CHUNK against the load so far; `Err` is the rejection.
+fn check_load_chunk(meta: &StagingMeta, batch: &[pb::KeyValue]) -> Result<(), String> {
+    let mut previous = meta.last_key.as_ref();
+    for (number, kv) in batch.iter().enumerate() {
+        check_put(&kv.key, &kv.value).map_err(|message| format!("record {number}: {message}"))?;
+        if previous.is_some_and(|previous| previous >= &kv.key) {
+            return Err(format!("record {number}: keys must be strictly increasing"));
+        }
+        if meta.keep_revisions && (kv.create_revision <= 0 || kv.mod_revision < kv.create_revision)
+        {
+            return Err(format!(
+                "record {number}: revisions create {} / mod {} are not valid",
+                kv.create_revision, kv.mod_revision
+            ));
+        }
+        previous = Some(&kv.key);
+    }
+    Ok(())
+}
+
+/// Generation numbers of every keyspace of table `id` that exists.
+fn generation_numbers(storage: &Storage, id: TableId) -> impl Iterator<Item = u64> {
+    storage
+        .database()
+        .list_keyspace_names()
+        .iter()
+        .filter_map(|name| parse_keyspace_name(id, name).ok().flatten())
+        .collect::<Vec<_>>()
+        .into_iter()
 }
 
 /// Deletes the keyspaces of table `id` whose generation (`None` = meta) matches `select`.

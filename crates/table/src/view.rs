@@ -8,6 +8,7 @@
 
 use crate::apply::{compares_hold, validate_txn};
 use crate::error::{Result, TableError};
+use crate::load::Staging;
 use crate::position::AppliedPosition;
 use crate::read::{HistoryReader, Reader};
 use crate::table::Generation;
@@ -23,6 +24,7 @@ struct ViewInner {
     generation: Arc<Generation>,
     position: AppliedPosition,
     compact_revision: Revision,
+    staging: Option<Staging>,
 }
 
 /// A point-in-time read view. Cheap to clone; `Send + Sync + 'static`.
@@ -37,6 +39,7 @@ impl ReadView {
         generation: Arc<Generation>,
         position: AppliedPosition,
         compact_revision: Revision,
+        staging: Option<Staging>,
     ) -> ReadView {
         ReadView {
             inner: Arc::new(ViewInner {
@@ -44,6 +47,7 @@ impl ReadView {
                 generation,
                 position,
                 compact_revision,
+                staging,
             }),
         }
     }
@@ -126,6 +130,7 @@ impl ReadView {
             &self.inner.generation,
             &self.inner.position,
             self.inner.compact_revision,
+            self.inner.staging.as_ref(),
             out,
         )
     }

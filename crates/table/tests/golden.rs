@@ -18,14 +18,15 @@ use armada_table::pb::compare::{CompareResult, CompareTarget, TargetUnion};
 use armada_table::pb::request_op::Request;
 use armada_table::pb::response_op::Response;
 use armada_table::{
-    AppliedPosition, ApplyEntry, ApplyOutcome, DumpReader, RangeEnd, RangeQuery, Table, pb,
+    AppliedPosition, ApplyEntry, ApplyOutcome, DumpReader, RangeEnd, RangeQuery, Table, TableRole,
+    pb,
 };
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-const FLAGS: &[&str] = &["prev_kv", "keys_only", "count_only", "flip_byte"];
+const FLAGS: &[&str] = &["prev_kv", "keys_only", "count_only", "flip_byte", "keep"];
 
 fn unescape(token: &str) -> Bytes {
     if token == "\"\"" {
@@ -292,6 +293,7 @@ struct Runner {
     path: std::path::PathBuf,
     storage: Option<Storage>,
     table: Option<Table>,
+    role: TableRole,
     next_index: u64,
     saved: BTreeMap<String, Vec<u8>>,
 }
@@ -307,6 +309,7 @@ impl Runner {
             path,
             storage: Some(storage),
             table: Some(table),
+            role: TableRole::Leader,
             next_index: 2,
             saved: BTreeMap::new(),
         }
@@ -500,10 +503,51 @@ impl Runner {
                 self.table = None;
                 self.storage = None;
                 let storage = Storage::open(&self.path).unwrap();
-                self.table = Some(Table::open(&storage, TableId(10001)).unwrap());
+                self.table = Some(Table::open_as(&storage, TableId(10001), self.role).unwrap());
                 self.storage = Some(storage);
                 writeln!(out, "reopened").unwrap();
             }
+            "role" => {
+                self.role = match args.positional[0].as_str() {
+                    "follower" => TableRole::Follower,
+                    "leader" => TableRole::Leader,
+                    other => panic!("unknown role {other}"),
+                };
+                let storage = self.storage.as_ref().unwrap();
+                self.table = Some(Table::open_as(storage, TableId(10001), self.role).unwrap());
+                writeln!(out, "role {:?}", self.table().role()).unwrap();
+            }
+            "load-begin" | "load-chunk" | "load-commit" => {
+                let mut command = pb::Command {
+                    load_id: args.number("id").unwrap_or(0),
+                    load_count: args.number("count").unwrap_or(0),
+                    load_keep_revisions: args.flag("keep"),
+                    leader_index: args.number("leader_index"),
+                    ..Default::default()
+                };
+                command.r#type = match words[0] {
+                    "load-begin" => CommandType::LoadBegin,
+                    "load-chunk" => CommandType::LoadChunk,
+                    _ => CommandType::LoadCommit,
+                } as i32;
+                // Records: `key:value` or `key:value@create/mod`.
+                for record in &args.positional {
+                    let (pair, revisions) = record.split_once('@').unwrap_or((record, "0/0"));
+                    let (key, value) = pair.split_once(':').expect("load record k:v");
+                    let (create, modified) = revisions.split_once('/').expect("c/m");
+                    command.batch.push(pb::KeyValue {
+                        key: unescape(key),
+                        value: unescape(value),
+                        create_revision: create.parse().unwrap(),
+                        mod_revision: modified.parse().unwrap(),
+                    });
+                }
+                self.apply(&[(Some(command), args.number("rev"))], &mut out);
+            }
+            "staged" => match self.table().staged_load() {
+                None => writeln!(out, "none").unwrap(),
+                Some((id, count)) => writeln!(out, "load={id} records={count}").unwrap(),
+            },
             other => panic!("unknown command {other}"),
         }
         out

@@ -245,3 +245,41 @@ fn leader_index_is_kept_until_changed() {
     assert_eq!(table.applied_position().unwrap(), position);
     assert!(table.disk_bytes() > 0 || table.read_view().range(&all()).unwrap().count == 1);
 }
+
+#[test]
+fn a_load_command_must_be_applied_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path()).unwrap();
+    let table = Table::open(&storage, TableId(10001)).unwrap();
+    let begin = pb::Command {
+        r#type: CommandType::LoadBegin as i32,
+        load_id: 1,
+        ..Default::default()
+    };
+    let entries = [
+        ApplyEntry {
+            revision: Revision(2),
+            command: Some(&begin),
+        },
+        ApplyEntry {
+            revision: Revision(3),
+            command: None,
+        },
+    ];
+    let position = AppliedPosition {
+        log_index: LogIndex(3),
+        revision: Revision(3),
+        ..Default::default()
+    };
+    assert!(table.apply(&entries, &position).is_err());
+    assert_eq!(table.staged_load(), None);
+    assert_eq!(
+        table.applied_position().unwrap(),
+        AppliedPosition::default()
+    );
+    assert!(matches!(
+        apply(&table, 2, &[begin])[0],
+        ApplyOutcome::Applied { .. }
+    ));
+    assert_eq!(table.staged_load(), Some((1, 0)));
+}

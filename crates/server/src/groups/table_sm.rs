@@ -55,6 +55,14 @@ impl TableStateMachine {
     }
 }
 
+fn is_load_command(command: &pb::Command) -> bool {
+    use pb::command::CommandType;
+    matches!(
+        CommandType::try_from(command.r#type),
+        Ok(CommandType::LoadBegin | CommandType::LoadChunk | CommandType::LoadCommit)
+    )
+}
+
 fn decode_command(bytes: &[u8]) -> Result<pb::Command, String> {
     pb::Command::decode(bytes).map_err(|error| format!("undecodable command: {error}"))
 }
@@ -121,6 +129,8 @@ impl RaftStateMachine<TypeConfig> for TableStateMachine {
         let mut log_ids = Vec::new();
         let mut commands: Vec<Result<Option<pb::Command>, String>> = Vec::new();
         let mut responders = Vec::new();
+        // The membership in effect after each entry.
+        let mut memberships = Vec::new();
         let mut membership = self.current_membership();
         while let Some((entry, responder)) = entries.try_next().await? {
             commands.push(match &entry.payload {
@@ -131,12 +141,13 @@ impl RaftStateMachine<TypeConfig> for TableStateMachine {
                     Ok(None)
                 }
             });
+            memberships.push(membership.clone());
             log_ids.push(entry.log_id);
             responders.push(responder);
         }
-        let Some(last) = log_ids.last().cloned() else {
+        if log_ids.is_empty() {
             return Ok(());
-        };
+        }
         let apply_entries: Vec<ApplyEntry<'_>> = log_ids
             .iter()
             .zip(&commands)
@@ -145,22 +156,49 @@ impl RaftStateMachine<TypeConfig> for TableStateMachine {
                 command: command.as_ref().ok().and_then(|command| command.as_ref()),
             })
             .collect();
-        let position = AppliedPosition {
-            log_index: LogIndex(last.index),
-            revision: Revision::from_leader_cluster_log_index(LogIndex(last.index)),
-            leader_index: None,
-            raft_state: RaftAppliedState {
-                last_applied: Some(last),
-                last_membership: membership.clone(),
+        // A staged-load command is applied alone (its own batch and position).
+        let mut segments = Vec::new();
+        let mut start = 0;
+        for (at, entry) in apply_entries.iter().enumerate() {
+            if entry.command.is_some_and(is_load_command) {
+                if start < at {
+                    segments.push(start..at);
+                }
+                segments.push(at..at + 1);
+                start = at + 1;
             }
-            .encode(),
-        };
-        let outcomes = tokio::task::block_in_place(|| self.table.apply(&apply_entries, &position))
-            .map_err(io::Error::other)?;
-        if let Ok(mut guard) = self.membership.lock() {
-            *guard = membership;
         }
-        self.applied.send_replace(position);
+        if start < apply_entries.len() {
+            segments.push(start..apply_entries.len());
+        }
+        let mut outcomes = Vec::with_capacity(apply_entries.len());
+        for segment in segments {
+            let last_at = segment.end - 1;
+            let last = log_ids[last_at];
+            let position = AppliedPosition {
+                log_index: LogIndex(last.index),
+                revision: Revision::from_leader_cluster_log_index(LogIndex(last.index)),
+                leader_index: None,
+                raft_state: RaftAppliedState {
+                    last_applied: Some(last),
+                    last_membership: memberships[last_at].clone(),
+                }
+                .encode(),
+            };
+            outcomes.extend(
+                tokio::task::block_in_place(|| {
+                    self.table.apply(&apply_entries[segment], &position)
+                })
+                .map_err(io::Error::other)?,
+            );
+            if let Ok(mut guard) = self.membership.lock() {
+                *guard = memberships[last_at].clone();
+            }
+            // The table completes the position (a follower's revision is its leader index).
+            let stored = self.table.applied_position().map_err(io::Error::other)?;
+            self.applied.send_replace(stored);
+        }
+        let last = log_ids[log_ids.len() - 1];
         metrics::gauge!("armada_table_applied_index", "table_id" => self.table.id().to_string())
             .set(last.index as f64);
         for ((responder, command), outcome) in responders.into_iter().zip(commands).zip(outcomes) {
