@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     /// Run a node of the leader cluster.
     Leader(Box<cmd::leader::LeaderArgs>),
+    /// Run a node of a follower cluster (replicates every table of the leader cluster).
+    Follower(Box<cmd::leader::LeaderArgs>),
     /// Run a complete local topology with no set-up (data in ./armada-data).
     Dev(Box<cmd::dev::DevArgs>),
     /// Read and write keys (get, put, del, txn).
@@ -51,6 +53,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Leader(args) => cmd::leader::run(*args).await,
+            Command::Follower(args) => cmd::leader::run_follower(*args).await,
             Command::Dev(args) => cmd::dev::run(*args).await,
             Command::Kv(args) => cmd::kv::run(args).await,
             Command::Table(args) => cmd::table::run(args).await,

@@ -1,4 +1,4 @@
-//! `armada leader`: run a node of the leader cluster.
+//! `armada leader` / `armada follower`: run a node of the leader cluster or of a follower cluster.
 //!
 //! Every flag is optional here; values are layered with the config file and the environment
 //! (see `armada_server::config`), so a flag left unset falls through to them.
@@ -78,6 +78,18 @@ pub struct ServerFlags {
     /// Bearer token follower clusters present (empty = no check)
     #[arg(long = "replication.token")]
     pub replication_token: Option<String>,
+    /// Follower: the leader cluster's replication address(es), comma separated URLs
+    #[arg(long = "replication.leader-address")]
+    pub replication_leader_address: Option<String>,
+    /// Follower: CA (PEM) that signed the leader's replication certificate
+    #[arg(long = "replication.ca-filename")]
+    pub replication_ca_filename: Option<String>,
+    /// Follower: how often the table set is reconciled with the leader's [default: 5s]
+    #[arg(long = "replication.reconcile-interval")]
+    pub replication_reconcile_interval: Option<String>,
+    /// Follower: snapshot bootstraps at once per node [default: 1]
+    #[arg(long = "replication.max-recovery-in-flight")]
+    pub replication_max_recovery_in_flight: Option<String>,
     /// Tables created at start-up if missing, comma separated
     #[arg(long = "tables.names")]
     pub tables_names: Option<String>,
@@ -112,6 +124,19 @@ impl ServerFlags {
             ("raft.key-filename", &self.raft_key_filename),
             ("replication.address", &self.replication_address),
             ("replication.token", &self.replication_token),
+            (
+                "replication.leader-address",
+                &self.replication_leader_address,
+            ),
+            ("replication.ca-filename", &self.replication_ca_filename),
+            (
+                "replication.reconcile-interval",
+                &self.replication_reconcile_interval,
+            ),
+            (
+                "replication.max-recovery-in-flight",
+                &self.replication_max_recovery_in_flight,
+            ),
             ("tables.names", &self.tables_names),
             ("tables.token", &self.tables_token),
             ("maintenance.token", &self.maintenance_token),
@@ -155,6 +180,17 @@ pub async fn termination() {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate => {}
     }
+}
+
+/// `armada follower`: the same flags; `--replication.leader-address` is required.
+pub async fn run_follower(args: LeaderArgs) -> anyhow::Result<()> {
+    let base = ServerConfig {
+        role: config::NodeRole::Follower,
+        ..ServerConfig::default()
+    };
+    let config = resolve(args.config, &args.server, base)?;
+    armada_server::telemetry::init_logging(&config.log_level, &config.log_format);
+    armada_server::server::run(config, termination(), |_| {}).await
 }
 
 pub async fn run(args: LeaderArgs) -> anyhow::Result<()> {

@@ -22,6 +22,8 @@ pub struct Armada {
     pub rest: String,
     extra_args: Vec<String>,
     node_args: Vec<String>,
+    /// `leader` or `follower`.
+    subcommand: &'static str,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -48,6 +50,7 @@ impl Armada {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            subcommand: "leader",
             _temp: None,
         };
         armada.spawn();
@@ -62,6 +65,24 @@ impl Armada {
         raft_address: &str,
         members: &str,
         extra_args: &[&str],
+    ) -> Armada {
+        Armada::member(
+            data_dir,
+            node_id,
+            raft_address,
+            members,
+            extra_args,
+            "leader",
+        )
+    }
+
+    fn member(
+        data_dir: &Path,
+        node_id: u64,
+        raft_address: &str,
+        members: &str,
+        extra_args: &[&str],
+        subcommand: &'static str,
     ) -> Armada {
         std::fs::create_dir_all(data_dir).expect("data dir");
         let mut armada = Armada {
@@ -79,10 +100,25 @@ impl Armada {
                 "--raft.initial-members".into(),
                 members.into(),
             ],
+            subcommand,
             _temp: None,
         };
         armada.launch();
         armada
+    }
+
+    /// A node of a follower cluster replicating from `leader_replication`; not waited for.
+    pub fn spawn_follower_member(
+        data_dir: &Path,
+        node_id: u64,
+        raft_address: &str,
+        members: &str,
+        leader_replication: &str,
+        extra_args: &[&str],
+    ) -> Armada {
+        let mut args: Vec<&str> = vec!["--replication.leader-address", leader_replication];
+        args.extend_from_slice(extra_args);
+        Armada::member(data_dir, node_id, raft_address, members, &args, "follower")
     }
 
     fn spawn(&mut self) {
@@ -94,7 +130,7 @@ impl Armada {
         let _ = std::fs::remove_file(self.data_dir.join("listen.json"));
         let log = std::fs::File::create(self.data_dir.join("armada.log")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_armada"))
-            .arg("leader")
+            .arg(self.subcommand)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.node_args)
@@ -327,6 +363,15 @@ impl Drop for Cluster {
 
 impl Cluster {
     pub fn start(size: usize, extra_args: &[&str]) -> Cluster {
+        Cluster::start_as(size, None, extra_args)
+    }
+
+    /// A follower cluster of `size` nodes replicating from `leader_replication`.
+    pub fn start_follower(size: usize, leader_replication: &str, extra_args: &[&str]) -> Cluster {
+        Cluster::start_as(size, Some(leader_replication), extra_args)
+    }
+
+    fn start_as(size: usize, leader_replication: Option<&str>, extra_args: &[&str]) -> Cluster {
         let temp = tempfile::tempdir().expect("tempdir");
         let ports = free_udp_ports(size);
         let members = ports
@@ -339,13 +384,25 @@ impl Cluster {
             .iter()
             .enumerate()
             .map(|(i, port)| {
-                Armada::spawn_member(
-                    &temp.path().join(format!("node{}", i + 1)),
-                    i as u64 + 1,
-                    &format!("127.0.0.1:{port}"),
-                    &members,
-                    extra_args,
-                )
+                let data_dir = temp.path().join(format!("node{}", i + 1));
+                let address = format!("127.0.0.1:{port}");
+                match leader_replication {
+                    None => Armada::spawn_member(
+                        &data_dir,
+                        i as u64 + 1,
+                        &address,
+                        &members,
+                        extra_args,
+                    ),
+                    Some(leader) => Armada::spawn_follower_member(
+                        &data_dir,
+                        i as u64 + 1,
+                        &address,
+                        &members,
+                        leader,
+                        extra_args,
+                    ),
+                }
             })
             .collect();
         for node in &mut nodes {

@@ -129,6 +129,11 @@ pub async fn connect_channel(
         })
 }
 
+/// A channel to `address` that dials on first use and re-dials after failures.
+pub fn lazy_channel(address: &str, options: &ConnectOptions) -> Result<Channel, ClientError> {
+    Ok(endpoint(address, options)?.connect_lazy())
+}
+
 fn endpoint(address: &str, options: &ConnectOptions) -> Result<Endpoint, ClientError> {
     let target = parse_address(address)?;
     let invalid = |reason: String| ClientError::InvalidAddress {

@@ -24,7 +24,7 @@ pub mod txn_script;
 
 pub use client::{
     ApiChannel, CallDecorator, Client, ConnectOptions, DEFAULT_CONNECT_TIMEOUT, MAX_MESSAGE_BYTES,
-    RangeStream, connect_channel,
+    RangeStream, connect_channel, lazy_channel,
 };
 pub use error::ClientError;
 

@@ -25,8 +25,15 @@ use crate::groups::types::{
 /// A command of the catalog group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CatalogCommand {
-    CreateTable { name: String },
-    DeleteTable { name: String },
+    CreateTable {
+        name: String,
+        /// Follower clusters: the leader cluster's id of the table this one replicates.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        upstream_id: Option<u64>,
+    },
+    DeleteTable {
+        name: String,
+    },
 }
 
 /// The answer to a catalog command.
@@ -45,6 +52,10 @@ pub type TableIdWire = u64;
 pub struct TableRecord {
     pub name: String,
     pub id: TableIdWire,
+    /// Follower clusters: the leader cluster's id of the replicated table (a different id
+    /// there means the leader's table was deleted and re-created).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_id: Option<u64>,
 }
 
 impl TableRecord {
@@ -64,7 +75,7 @@ pub struct CatalogState {
 impl CatalogState {
     fn apply(&mut self, command: &CatalogCommand) -> CatalogOutcome {
         match command {
-            CatalogCommand::CreateTable { name } => {
+            CatalogCommand::CreateTable { name, upstream_id } => {
                 if let Some(existing) = self.tables.get(name) {
                     return CatalogOutcome::AlreadyExists { id: existing.id };
                 }
@@ -75,6 +86,7 @@ impl CatalogState {
                     TableRecord {
                         name: name.clone(),
                         id,
+                        upstream_id: *upstream_id,
                     },
                 );
                 CatalogOutcome::Created { id }
@@ -271,7 +283,10 @@ mod tests {
     #[test]
     fn create_assigns_increasing_ids_and_rejects_duplicates() {
         let mut state = CatalogState::default();
-        let create = |name: &str| CatalogCommand::CreateTable { name: name.into() };
+        let create = |name: &str| CatalogCommand::CreateTable {
+            name: name.into(),
+            upstream_id: None,
+        };
         assert_eq!(
             state.apply(&create("a")),
             CatalogOutcome::Created { id: 10001 }

@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct ServerConfig {
+    /// Leader or follower cluster: chosen by the subcommand, not a configuration key.
+    #[serde(skip)]
+    pub role: NodeRole,
     /// Root of everything the node persists.
     pub data_dir: PathBuf,
     pub log_level: String,
@@ -64,11 +67,29 @@ pub struct RaftSettings {
     pub key_filename: String,
 }
 
+/// Which kind of cluster a node belongs to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NodeRole {
+    #[default]
+    Leader,
+    Follower,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct ReplicationConfig {
+    /// Leader: where the replication API listens.
     pub address: String,
+    /// Leader: the bearer token followers must present; follower: the token it presents.
     pub token: String,
+    /// Follower: the leader cluster's replication address(es), URLs, comma separated.
+    pub leader_address: String,
+    /// Follower: PEM CA that signed the leader's certificate (`https://`); default system roots.
+    pub ca_filename: String,
+    /// Follower: how often the table set is compared with the leader's (e.g. `5s`, `500ms`).
+    pub reconcile_interval: String,
+    /// Follower: snapshot bootstraps running at once on one node.
+    pub max_recovery_in_flight: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
@@ -88,6 +109,7 @@ pub struct MaintenanceConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
+            role: NodeRole::Leader,
             data_dir: PathBuf::from("armada-data"),
             log_level: "info".into(),
             log_format: "text".into(),
@@ -141,8 +163,35 @@ impl Default for ReplicationConfig {
         ReplicationConfig {
             address: "http://0.0.0.0:8444".into(),
             token: String::new(),
+            leader_address: String::new(),
+            ca_filename: String::new(),
+            reconcile_interval: "5s".into(),
+            max_recovery_in_flight: 1,
         }
     }
+}
+
+/// Parses a duration such as `5s`, `500ms`, `1m`, `2h` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 5s or 500ms"))?;
+    let seconds = match unit {
+        "" | "s" => number,
+        "ms" => number / 1000.0,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return Err(format!("`{text}` has an unknown unit (use ms, s, m or h)")),
+    };
+    if !seconds.is_finite() || seconds <= 0.0 {
+        return Err(format!("`{text}` must be a positive duration"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
 /// Every dotted key, for the environment mapping and for `Status` (flat config map).
@@ -166,6 +215,10 @@ pub const KEYS: &[&str] = &[
     "raft.key-filename",
     "replication.address",
     "replication.token",
+    "replication.leader-address",
+    "replication.ca-filename",
+    "replication.reconcile-interval",
+    "replication.max-recovery-in-flight",
     "tables.names",
     "tables.token",
     "maintenance.token",
@@ -230,6 +283,7 @@ fn find_config_file() -> Option<PathBuf> {
 
 /// Resolves the configuration from all layers and checks it.
 pub fn load(sources: Sources, base: ServerConfig) -> Result<ServerConfig, String> {
+    let role = base.role;
     let mut figment = Figment::from(Serialized::defaults(base));
     let file = sources.file.or_else(find_config_file);
     if let Some(path) = &file {
@@ -265,7 +319,8 @@ pub fn load(sources: Sources, base: ServerConfig) -> Result<ServerConfig, String
             value: parse_value(key, raw),
         });
     }
-    let config: ServerConfig = figment.extract().map_err(describe_error)?;
+    let mut config: ServerConfig = figment.extract().map_err(describe_error)?;
+    config.role = role;
     config.check()?;
     Ok(config)
 }
@@ -279,6 +334,7 @@ fn parse_value(key: &str, raw: &str) -> Value {
         "raft.election-rtt",
         "raft.snapshot-entries",
         "raft.compaction-overhead",
+        "replication.max-recovery-in-flight",
     ];
     if NUMERIC.contains(&key) {
         raw.parse::<Value>()
@@ -314,6 +370,21 @@ fn describe_error(error: figment::Error) -> String {
         .join("; ")
 }
 
+impl ReplicationConfig {
+    /// The leader addresses given in `leader-address`.
+    pub fn leader_addresses(&self) -> Vec<String> {
+        self.leader_address
+            .split(',')
+            .map(|address| address.trim().to_string())
+            .filter(|address| !address.is_empty())
+            .collect()
+    }
+
+    pub fn reconcile_every(&self) -> std::time::Duration {
+        parse_duration(&self.reconcile_interval).unwrap_or(std::time::Duration::from_secs(5))
+    }
+}
+
 impl ServerConfig {
     fn check(&self) -> Result<(), String> {
         if self.raft.node_id == 0 {
@@ -344,6 +415,27 @@ impl ServerConfig {
         if given != 0 && given != 3 {
             return Err("invalid configuration: `raft.ca-filename`, `raft.cert-filename` and `raft.key-filename` must be set together".into());
         }
+        if self.role == NodeRole::Follower {
+            if self.replication.leader_address.trim().is_empty() {
+                return Err("invalid configuration key `replication.leader-address`: a follower must name the leader cluster's replication address".into());
+            }
+            for address in self.replication.leader_addresses() {
+                if !(address.starts_with("http://") || address.starts_with("https://")) {
+                    return Err(format!(
+                        "invalid configuration key `replication.leader-address`: `{address}` is not an http:// or https:// URL"
+                    ));
+                }
+            }
+        }
+        parse_duration(&self.replication.reconcile_interval).map_err(|error| {
+            format!("invalid configuration key `replication.reconcile-interval`: {error}")
+        })?;
+        if self.replication.max_recovery_in_flight == 0 {
+            return Err(
+                "invalid configuration key `replication.max-recovery-in-flight`: must be 1 or more"
+                    .into(),
+            );
+        }
         for (key, value) in [
             ("api.address", &self.api.address),
             ("rest.address", &self.rest.address),
@@ -353,6 +445,10 @@ impl ServerConfig {
                 .map_err(|error| format!("invalid configuration key `{key}`: {error}"))?;
         }
         Ok(())
+    }
+
+    pub fn is_follower(&self) -> bool {
+        self.role == NodeRole::Follower
     }
 
     /// How the cluster transport encrypts and authenticates.

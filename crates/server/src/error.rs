@@ -26,6 +26,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The leader cluster's answer to a forwarded write, with its own code.
+    #[error("leader error: {message}")]
+    Leader { code: tonic::Code, message: String },
 }
 
 impl ApiError {
@@ -115,6 +118,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::Unauthenticated(_) => tonic::Status::unauthenticated(message),
             ApiError::Unimplemented(_) => tonic::Status::unimplemented(message),
             ApiError::Internal(_) => tonic::Status::internal(message),
+            ApiError::Leader { code, .. } => tonic::Status::new(code, message),
         }
     }
 }

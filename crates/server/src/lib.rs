@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod follower;
 pub mod groups;
 pub mod load;
 pub mod node;

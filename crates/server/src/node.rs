@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use armada_storage::{CATALOG_GROUP, NodeId, Storage, TableId};
-use armada_table::Table;
+use armada_table::{Table, TableRole};
 use openraft::BasicNode;
 use tokio::sync::{Notify, watch};
 
@@ -64,6 +64,8 @@ pub struct Node {
     reconciled: Notify,
     reconcile_lock: tokio::sync::Mutex<()>,
     pub started_at: std::time::Instant,
+    /// Follower clusters: the replication machinery (set once at start).
+    follower: std::sync::OnceLock<Arc<crate::follower::Follower>>,
 }
 
 impl Node {
@@ -133,12 +135,22 @@ impl Node {
             reconciled: Notify::new(),
             reconcile_lock: tokio::sync::Mutex::new(()),
             started_at: std::time::Instant::now(),
+            follower: std::sync::OnceLock::new(),
         });
         handler.attach(&node);
         node.reconcile().await?;
         let reconciler = node.clone();
         tokio::spawn(async move { reconciler.run_reconciler().await });
+        if node.config.is_follower() {
+            let follower = crate::follower::Follower::start(&node)?;
+            let _ = node.follower.set(follower);
+        }
         Ok(node)
+    }
+
+    /// The replication machinery when this node belongs to a follower cluster.
+    pub fn follower(&self) -> Option<&Arc<crate::follower::Follower>> {
+        self.follower.get()
     }
 
     /// Where received snapshots are spooled.
@@ -414,7 +426,12 @@ impl Node {
     }
 
     async fn start_table(&self, name: &str, id: TableId) -> anyhow::Result<Arc<TableGroup>> {
-        let table = tokio::task::block_in_place(|| Table::open(&self.storage, id))?;
+        let role = if self.config.is_follower() {
+            TableRole::Follower
+        } else {
+            TableRole::Leader
+        };
+        let table = tokio::task::block_in_place(|| Table::open_as(&self.storage, id, role))?;
         let state_machine = TableStateMachine::open(table.clone(), self.storage.clone())?;
         let raft = openraft::Raft::new(
             self.node_id.get(),
@@ -481,8 +498,22 @@ impl Node {
         name: &str,
         deadline: tokio::time::Instant,
     ) -> Result<TableId, ApiError> {
+        self.create_table_with(name, None, deadline).await
+    }
+
+    /// Creates a table (on a follower cluster: the replica of the leader's table
+    /// `upstream_id`) and waits until this node serves it with a Raft leader.
+    pub async fn create_table_with(
+        &self,
+        name: &str,
+        upstream_id: Option<u64>,
+        deadline: tokio::time::Instant,
+    ) -> Result<TableId, ApiError> {
         let id = match self
-            .propose_catalog(CatalogCommand::CreateTable { name: name.into() })
+            .propose_catalog(CatalogCommand::CreateTable {
+                name: name.into(),
+                upstream_id,
+            })
             .await?
         {
             CatalogOutcome::Created { id } => TableId(id),

@@ -1,5 +1,7 @@
 //! REST endpoints on `--rest.address`: `/metrics` (Prometheus text), `/healthz` (process up),
-//! `/readyz` (the catalog and every table group have a Raft leader). Anything else is 404.
+//! `/readyz` (the catalog and every table group have a Raft leader; on a follower cluster also:
+//! the leader cluster answers and every one of its tables is replicated here). Anything else
+//! is 404.
 
 use std::sync::Arc;
 
@@ -28,13 +30,21 @@ pub fn router(node: Arc<Node>, metrics: PrometheusHandle) -> Router {
 
 async fn render_metrics(State(state): State<RestState>) -> String {
     crate::telemetry::record_node_gauges(&state.node);
+    if let Some(follower) = state.node.follower() {
+        crate::follower::record_metrics(follower);
+    }
     state.metrics.render()
 }
 
 async fn ready(State(state): State<RestState>) -> (StatusCode, &'static str) {
-    if state.node.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    if !state.node.is_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n");
+    }
+    match state.node.follower() {
+        Some(follower) if !follower.is_replicating() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: not every table of the leader cluster is replicating\n",
+        ),
+        _ => (StatusCode::OK, "ready\n"),
     }
 }

@@ -42,16 +42,25 @@ pub async fn run(
     if !node.wait_ready(Duration::from_secs(30)).await {
         anyhow::bail!("the catalog group elected no leader within 30 s");
     }
-    create_initial_tables(&node).await?;
+    if !config.is_follower() {
+        create_initial_tables(&node).await?;
+    }
 
     let (stop_sender, stop) = watch::channel(false);
     let api_listener = Listener::bind(&config.api.address).await?;
-    let replication_listener = Listener::bind(&config.replication.address).await?;
+    // The replication API is the leader cluster's; follower nodes do not serve it.
+    let replication_listener = match config.is_follower() {
+        true => None,
+        false => Some(Listener::bind(&config.replication.address).await?),
+    };
     let rest_address = ListenAddress::parse(&config.rest.address).map_err(anyhow::Error::msg)?;
     let rest_listener = tokio::net::TcpListener::bind(rest_address.socket_address().await?).await?;
     let bound = BoundAddresses {
         api: api_listener.url(),
-        replication: replication_listener.url(),
+        replication: replication_listener
+            .as_ref()
+            .map(Listener::url)
+            .unwrap_or_default(),
         rest: format!("http://{}", rest_listener.local_addr()?),
     };
     tracing::info!(
@@ -59,7 +68,12 @@ pub async fn run(
         replication = bound.replication,
         rest = bound.rest,
         node_id = config.raft.node_id,
-        "armada leader node serving"
+        role = if config.is_follower() {
+            "follower"
+        } else {
+            "leader"
+        },
+        "armada node serving"
     );
 
     let api_server = tonic::transport::Server::builder()
@@ -93,8 +107,10 @@ pub async fn run(
         ))));
 
     let api_task = tokio::spawn(api_listener.serve(api_server, wait_for(stop.clone())));
-    let replication_task =
-        tokio::spawn(replication_listener.serve(replication_server, wait_for(stop.clone())));
+    let replication_task = match replication_listener {
+        Some(listener) => tokio::spawn(listener.serve(replication_server, wait_for(stop.clone()))),
+        None => tokio::spawn(async { Ok(()) }),
+    };
     let rest_router = crate::rest::router(node.clone(), metrics);
     let rest_stop = wait_for(stop.clone());
     let rest_task = tokio::spawn(async move {

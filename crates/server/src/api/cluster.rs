@@ -41,6 +41,12 @@ impl ClusterService {
                 }
             };
             let position = view.position();
+            let lag = self.node.follower().map(|follower| {
+                follower
+                    .lag(name)
+                    .report(position.leader_index.map_or(0, |index| index.get()))
+            });
+            let lag = lag.unwrap_or_default();
             tables.insert(
                 name.clone(),
                 TableStatus {
@@ -64,6 +70,11 @@ impl ClusterService {
                         .first_index()
                         .unwrap_or_default()
                         .unwrap_or(0),
+                    replication_leader_index: lag.leader_index,
+                    replication_applied_index: lag.applied_leader_index,
+                    replication_lag_entries: lag.lag_entries,
+                    replication_lag_seconds: lag.lag_seconds,
+                    replication_snapshot_recoveries: lag.recoveries,
                 },
             );
         }

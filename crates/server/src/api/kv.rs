@@ -96,6 +96,9 @@ impl KvService {
     async fn put_inner(&self, request: Request<PutRequest>) -> Result<PutResponse, ApiError> {
         let deadline = deadline(&request);
         let request = request.into_inner();
+        if let Some(follower) = self.node.follower() {
+            return follower.forward_put(request, deadline).await;
+        }
         let table = validate::table(&request.table)?;
         validate::key("key", &request.key)?;
         validate::value("value", &request.value)?;
@@ -132,6 +135,9 @@ impl KvService {
     ) -> Result<DeleteRangeResponse, ApiError> {
         let deadline = deadline(&request);
         let request = request.into_inner();
+        if let Some(follower) = self.node.follower() {
+            return follower.forward_delete_range(request, deadline).await;
+        }
         let table = validate::table(&request.table)?;
         validate::key("key", &request.key)?;
         let range_end = validate::range_end("range_end", &request.range_end)?;
@@ -173,6 +179,16 @@ impl KvService {
     async fn txn_inner(&self, request: Request<TxnRequest>) -> Result<TxnResponse, ApiError> {
         let deadline = deadline(&request);
         let request = request.into_inner();
+        // A follower serves read-only transactions itself and forwards the others.
+        if let Some(follower) = self.node.follower()
+            && !request
+                .success
+                .iter()
+                .chain(&request.failure)
+                .all(|op| matches!(op.request, Some(pb::request_op::Request::RequestRange(_))))
+        {
+            return follower.forward_txn(request, deadline).await;
+        }
         validate::txn(&request)?;
         let group = self.node.table(&validate::table(&request.table)?).await?;
         let txn = pb::Txn {

@@ -53,6 +53,7 @@ impl Metadata for ReplicationService {
     ) -> Result<Response<MetadataResponse>, Status> {
         metered("replication.v1.Metadata", "Get", async {
             let catalog = self.node.catalog_state();
+            let groups = self.node.table_groups();
             Ok(MetadataResponse {
                 tables: catalog
                     .tables
@@ -61,6 +62,11 @@ impl Metadata for ReplicationService {
                         name: record.name.clone(),
                         r#type: armada_proto::replication::v1::table::Type::Replicated as i32,
                         id: record.id.to_string(),
+                        leader_index: groups
+                            .get(&record.name)
+                            .filter(|group| group.id.get() == record.id)
+                            .and_then(|group| group.table.applied_position().ok())
+                            .map_or(0, |position| position.log_index.get()),
                     })
                     .collect(),
             })

@@ -28,6 +28,17 @@ impl TablesService {
     fn token(&self) -> &str {
         &self.node.config.tables.token
     }
+
+    /// Tables are created and deleted on the leader cluster only.
+    fn refuse_on_follower(&self, method: &str) -> Result<(), ApiError> {
+        match self.node.follower() {
+            None => Ok(()),
+            Some(follower) => Err(ApiError::Unimplemented(format!(
+                "method {method} is not implemented for a follower cluster: tables are created and deleted on the leader cluster ({})",
+                follower.leader_addresses().join(", ")
+            ))),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -38,6 +49,7 @@ impl Tables for TablesService {
     ) -> Result<Response<CreateTableResponse>, Status> {
         metered(SERVICE, "Create", async {
             check_token(&request, self.token())?;
+            self.refuse_on_follower("Create")?;
             let deadline = deadline(&request);
             let name = request.into_inner().name;
             validate::new_table_name(&name)?;
@@ -54,6 +66,7 @@ impl Tables for TablesService {
     ) -> Result<Response<DeleteTableResponse>, Status> {
         metered(SERVICE, "Delete", async {
             check_token(&request, self.token())?;
+            self.refuse_on_follower("Delete")?;
             let deadline = deadline(&request);
             let name = request.into_inner().name;
             if name.is_empty() {

@@ -1,0 +1,298 @@
+//! Replication workers: one per local table on every node, active only on the node that leads
+//! the table's Raft group in this follower cluster.
+//!
+//! A session tails the leader's log from the applied leader index + 1 over one long-lived
+//! `Log.Replicate` stream and proposes each received batch as SEQUENCEs of the leader's
+//! commands (each carrying its leader index). The table applies every leader index exactly
+//! once, so a session that ends half-way, a duplicate after a takeover, or a retried proposal
+//! never applies anything twice; a proposal that would leave a gap is refused and the next
+//! session restarts from the applied position. A table with no data yet, a Reset (leader
+//! index 0) or `USE_SNAPSHOT` bootstraps from `Snapshot.Stream` (spooled to a temporary file,
+//! then a staged load), limited to `replication.max-recovery-in-flight` at once per node.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use openraft::async_runtime::WatchReceiver;
+use std::time::Duration;
+
+use armada_proto::replication::v1::{
+    ReplicateCommand, ReplicateError, ReplicateRequest, SnapshotRequest, replicate_response,
+};
+use armada_table::pb;
+use bytes::Bytes;
+use prost::Message;
+
+use super::{Follower, TableLag, applied_leader_index};
+use crate::groups::types::{Request, Response};
+use crate::node::{GroupHandle, Node, TableGroup};
+
+/// How often the supervisor matches workers to the running tables.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
+/// Deadline of one `Log.Replicate` stream (a long poll; the next session reopens it).
+const REPLICATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline of one snapshot bootstrap.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Deadline of one proposal of a replicated batch.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Target size of one replicated SEQUENCE entry.
+const SEQUENCE_BYTES: usize = 1024 * 1024;
+/// Pause after a stream that ended without news (a leader that does not long-poll).
+const IDLE_PAUSE: Duration = Duration::from_millis(50);
+/// Retry pauses after a failed session.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Extra wait after `LEADER_BEHIND` (this replica is ahead of the leader's log).
+const LEADER_BEHIND_PAUSE: Duration = Duration::from_secs(1);
+
+/// Starts a worker for every running table and stops those of removed tables.
+pub async fn supervise(follower: Arc<Follower>) {
+    loop {
+        let Some(node) = follower.node() else { return };
+        let groups = node.table_groups();
+        if let Ok(mut workers) = follower.workers.lock() {
+            workers.retain(|id, task| {
+                let running = groups.values().any(|group| group.id.get() == *id);
+                if !running {
+                    task.abort();
+                }
+                running && !task.is_finished()
+            });
+            for group in groups.values() {
+                workers.entry(group.id.get()).or_insert_with(|| {
+                    tokio::spawn(run(follower.clone(), group.clone())).abort_handle()
+                });
+            }
+        }
+        drop(node);
+        tokio::time::sleep(SUPERVISE_EVERY).await;
+    }
+}
+
+fn leads(node: &Node, group: &TableGroup) -> bool {
+    group.raft.server_metrics().borrow_watched().current_leader == Some(node.node_id.get())
+}
+
+async fn run(follower: Arc<Follower>, group: Arc<TableGroup>) {
+    let lag = follower.lag(&group.name);
+    let mut metrics = group.raft.server_metrics();
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let Some(node) = follower.node() else { return };
+        if !leads(&node, &group) {
+            drop(node);
+            // Wake up on any Raft change (a new leader), at least every second.
+            let _ = tokio::time::timeout(Duration::from_secs(1), metrics.changed()).await;
+            continue;
+        }
+        match session(&follower, &node, &group, &lag).await {
+            Ok(()) => backoff = MIN_BACKOFF,
+            Err(error) => {
+                tracing::debug!(table = group.name, %error, "replication session ended");
+                drop(node);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// One replication session: bootstrap if needed, else tail the log until the stream ends.
+async fn session(
+    follower: &Follower,
+    node: &Arc<Node>,
+    group: &Arc<TableGroup>,
+    lag: &TableLag,
+) -> Result<(), String> {
+    let applied = applied_leader_index(&group.table);
+    if applied == 0 {
+        return bootstrap(follower, node, group, lag).await;
+    }
+    let mut request = tonic::Request::new(ReplicateRequest {
+        table: Bytes::from(group.name.clone().into_bytes()),
+        leader_index: applied + 1,
+    });
+    request.set_timeout(REPLICATE_TIMEOUT);
+    let mut stream = match follower.log_client().replicate(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            if status.code() == tonic::Code::Unavailable {
+                follower.rotate();
+            }
+            return Err(format!("Log.Replicate: {}", status.message()));
+        }
+    };
+    let mut news = false;
+    loop {
+        let message = match stream.message().await {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            Err(status) => return Err(format!("Log.Replicate stream: {}", status.message())),
+        };
+        let now_applied = applied_leader_index(&group.table);
+        if now_applied == 0 {
+            // Reset while streaming: the next session bootstraps.
+            return Ok(());
+        }
+        if message.leader_index > 0 {
+            lag.observe_leader(message.leader_index, now_applied);
+        }
+        match message.response {
+            Some(replicate_response::Response::CommandsResponse(batch)) => {
+                if !leads(node, group) {
+                    return Ok(());
+                }
+                propose_batch(node, group, batch.commands).await?;
+                lag.observe_applied(applied_leader_index(&group.table));
+                news = true;
+            }
+            Some(replicate_response::Response::ErrorResponse(error)) => {
+                return match ReplicateError::try_from(error.error) {
+                    Ok(ReplicateError::UseSnapshot) => bootstrap(follower, node, group, lag).await,
+                    Ok(ReplicateError::LeaderBehind) => {
+                        tracing::warn!(
+                            table = group.name,
+                            applied,
+                            "the leader's log is behind this follower; waiting"
+                        );
+                        tokio::time::sleep(LEADER_BEHIND_PAUSE).await;
+                        Ok(())
+                    }
+                    Err(_) => Err(format!("unknown replication error {}", error.error)),
+                };
+            }
+            None => {}
+        }
+    }
+    if !news {
+        tokio::time::sleep(IDLE_PAUSE).await;
+    }
+    Ok(())
+}
+
+/// Proposes the leader's commands as SEQUENCEs of about [`SEQUENCE_BYTES`].
+async fn propose_batch(
+    node: &Node,
+    group: &Arc<TableGroup>,
+    commands: Vec<ReplicateCommand>,
+) -> Result<(), String> {
+    let mut sequence = Vec::new();
+    let mut bytes = 0;
+    let count = commands.len();
+    for (at, replicated) in commands.into_iter().enumerate() {
+        let mut command = replicated.command.unwrap_or(pb::Command {
+            r#type: pb::command::CommandType::Dummy as i32,
+            ..Default::default()
+        });
+        command.leader_index = Some(replicated.leader_index);
+        bytes += command.encoded_len();
+        sequence.push(command);
+        if bytes >= SEQUENCE_BYTES || at + 1 == count {
+            propose_sequence(node, group, std::mem::take(&mut sequence)).await?;
+            bytes = 0;
+        }
+    }
+    Ok(())
+}
+
+async fn propose_sequence(
+    node: &Node,
+    group: &Arc<TableGroup>,
+    sequence: Vec<pb::Command>,
+) -> Result<(), String> {
+    let command = pb::Command {
+        table: Bytes::from(group.name.clone().into_bytes()),
+        r#type: pb::command::CommandType::Sequence as i32,
+        sequence,
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+    let request = Request(Bytes::from(command.encode_to_vec()));
+    match node
+        .write(&GroupHandle::Table(group.clone()), request, deadline)
+        .await
+    {
+        Ok((_, Response::Table { .. })) => Ok(()),
+        Ok((_, Response::Rejected(message))) => Err(format!("replicated batch refused: {message}")),
+        Ok((_, other)) => Err(format!("unexpected response {other:?}")),
+        Err(error) => Err(format!("proposing a replicated batch: {error}")),
+    }
+}
+
+/// Replaces the table with a snapshot of the leader's (dump + final leader index).
+async fn bootstrap(
+    follower: &Follower,
+    node: &Arc<Node>,
+    group: &Arc<TableGroup>,
+    lag: &TableLag,
+) -> Result<(), String> {
+    let _slot = follower
+        .recoveries
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| "shutting down".to_string())?;
+    if !leads(node, group) {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut request = tonic::Request::new(SnapshotRequest {
+        table: Bytes::from(group.name.clone().into_bytes()),
+    });
+    request.set_timeout(SNAPSHOT_TIMEOUT);
+    let mut stream = match follower.snapshot_client().stream(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            if status.code() == tonic::Code::Unavailable {
+                follower.rotate();
+            }
+            return Err(format!("Snapshot.Stream: {}", status.message()));
+        }
+    };
+    let spool = tempfile::NamedTempFile::new_in(node.temporary_dir())
+        .map_err(|error| format!("cannot create a spool file: {error}"))?;
+    let mut writer = std::io::BufWriter::with_capacity(
+        1024 * 1024,
+        spool
+            .reopen()
+            .map_err(|error| format!("cannot open the spool file: {error}"))?,
+    );
+    let mut bytes = 0u64;
+    loop {
+        match stream.message().await {
+            Ok(Some(chunk)) => {
+                bytes += chunk.data.len() as u64;
+                tokio::task::block_in_place(|| writer.write_all(&chunk.data))
+                    .map_err(|error| format!("writing the spool file: {error}"))?;
+            }
+            Ok(None) => break,
+            Err(status) => return Err(format!("Snapshot.Stream: {}", status.message())),
+        }
+    }
+    tokio::task::block_in_place(|| writer.flush())
+        .map_err(|error| format!("writing the spool file: {error}"))?;
+    drop(writer);
+    let loaded = node
+        .load_table_from_dump(
+            group,
+            spool.path(),
+            true,
+            tokio::time::Instant::now() + SNAPSHOT_TIMEOUT,
+        )
+        .await
+        .map_err(|error| format!("installing the leader's snapshot: {error}"))?;
+    lag.count_recovery();
+    metrics::counter!("armada_replication_snapshot_recoveries_total", "table" => group.name.clone())
+        .increment(1);
+    let leader_index = loaded.leader_index.unwrap_or_default();
+    lag.observe_leader(leader_index, applied_leader_index(&group.table));
+    tracing::info!(
+        table = group.name,
+        records = loaded.records,
+        bytes,
+        leader_index,
+        seconds = started.elapsed().as_secs_f64(),
+        "bootstrapped the table from a snapshot of the leader cluster"
+    );
+    Ok(())
+}
