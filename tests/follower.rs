@@ -334,3 +334,101 @@ async fn killing_the_replicating_follower_node_loses_and_repeats_nothing() {
     let nodes: Vec<&Armada> = followers.nodes.iter().collect();
     wait_converged(leader, &nodes, "orders").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partitioned_follower_cluster_serves_stale_reads_then_converges() {
+    let leader = start_leader(&[]);
+    let leader = leader.node(1);
+    leader.create_table("flags").await;
+    let link = common::proxy::LinkProxy::start(&leader.replication).await;
+    let followers = Cluster::start_follower(3, &link.address, &[]);
+    let nodes: Vec<&Armada> = followers.nodes.iter().collect();
+    write_keys(leader, "flags", "before", 100, 4).await;
+    let before = wait_converged(leader, &nodes, "flags").await;
+
+    link.cut();
+    write_keys(leader, "flags", "during", 300, 4).await;
+    // Every follower node keeps serving its (stale) copy.
+    for node in &nodes {
+        let read = node
+            .kv()
+            .await
+            .range(get("flags", "before00007"))
+            .await
+            .expect("a stale read during the partition")
+            .into_inner();
+        assert_eq!(read.kvs.len(), 1);
+        let status = table_status(node, "flags").await.expect("status");
+        assert_eq!(status.content_hash, before, "nothing arrives while cut");
+    }
+
+    link.heal();
+    write_keys(leader, "flags", "after", 100, 4).await;
+    wait_converged(leader, &nodes, "flags").await;
+    let expected = contents(leader, "flags").await;
+    assert_eq!(expected.len(), 500);
+    for node in &nodes {
+        assert_eq!(contents(node, "flags").await, expected);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn follower_lag_and_readiness_are_visible() {
+    let leader = start_leader(&[]);
+    let leader = leader.node(1);
+    leader.create_table("a").await;
+    let link = common::proxy::LinkProxy::start(&leader.replication).await;
+    let follower = Cluster::start_follower(1, &link.address, &[]);
+    let follower = follower.node(1);
+    write_keys(leader, "a", "k", 10, 2).await;
+    wait_converged(leader, &[follower], "a").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while common::http_get(&follower.rest, "/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "follower never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, metrics) = common::http_get(&follower.rest, "/metrics");
+    for name in [
+        "armada_replication_leader_index",
+        "armada_replication_follower_index",
+        "armada_replication_lag_entries",
+        "armada_replication_lag_seconds",
+        "armada_replication_snapshot_recoveries_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+
+    // Cut the link and write: the leader's index is known from before, the follower falls
+    // behind once it learns of newer entries; a table it cannot replicate makes it unready.
+    link.cut();
+    leader.create_table("b").await;
+    write_keys(leader, "a", "late", 10, 2).await;
+    let status = table_status(follower, "a").await.expect("status");
+    assert_eq!(
+        status.replication_lag_entries, 0,
+        "nothing newer is known yet"
+    );
+    // Once a reconcile round fails to reach the leader, the node is not ready.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while common::http_get(&follower.rest, "/readyz").0 != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "follower stayed ready while cut off"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    link.heal();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while common::http_get(&follower.rest, "/readyz").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "follower never ready after the heal"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_converged(leader, &[follower], "b").await;
+    wait_converged(leader, &[follower], "a").await;
+    let status = table_status(follower, "a").await.expect("status");
+    assert!(status.replication_leader_index >= status.replication_applied_index);
+    assert_eq!(status.replication_applied_index, status.revision);
+}

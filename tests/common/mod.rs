@@ -2,6 +2,8 @@
 //! learns the bound addresses from `<data-dir>/listen.json`, and talks gRPC to it.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

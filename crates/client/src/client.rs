@@ -130,8 +130,13 @@ pub async fn connect_channel(
 }
 
 /// A channel to `address` that dials on first use and re-dials after failures.
+/// HTTP/2 keepalive pings detect a dead link (a partition drops packets silently).
 pub fn lazy_channel(address: &str, options: &ConnectOptions) -> Result<Channel, ClientError> {
-    Ok(endpoint(address, options)?.connect_lazy())
+    Ok(endpoint(address, options)?
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
 }
 
 fn endpoint(address: &str, options: &ConnectOptions) -> Result<Endpoint, ClientError> {

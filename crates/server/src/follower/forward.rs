@@ -43,10 +43,11 @@ impl Follower {
         deadline: tokio::time::Instant,
     ) -> Result<PutResponse, ApiError> {
         let table = request.table.clone();
-        let response = self
-            .kv_client()
-            .put(with_deadline(request, deadline))
+        let mut client = self.kv_client();
+        let response = client.put(with_deadline(request, deadline));
+        let response = tokio::time::timeout_at(deadline, response)
             .await
+            .map_err(|_| ApiError::DeadlineExceeded)?
             .map_err(leader_error)?
             .into_inner();
         self.wait_applied(&table, response.header.as_ref(), deadline)
@@ -60,10 +61,11 @@ impl Follower {
         deadline: tokio::time::Instant,
     ) -> Result<DeleteRangeResponse, ApiError> {
         let table = request.table.clone();
-        let response = self
-            .kv_client()
-            .delete_range(with_deadline(request, deadline))
+        let mut client = self.kv_client();
+        let response = client.delete_range(with_deadline(request, deadline));
+        let response = tokio::time::timeout_at(deadline, response)
             .await
+            .map_err(|_| ApiError::DeadlineExceeded)?
             .map_err(leader_error)?
             .into_inner();
         self.wait_applied(&table, response.header.as_ref(), deadline)
@@ -77,10 +79,11 @@ impl Follower {
         deadline: tokio::time::Instant,
     ) -> Result<TxnResponse, ApiError> {
         let table = request.table.clone();
-        let response = self
-            .kv_client()
-            .txn(with_deadline(request, deadline))
+        let mut client = self.kv_client();
+        let response = client.txn(with_deadline(request, deadline));
+        let response = tokio::time::timeout_at(deadline, response)
             .await
+            .map_err(|_| ApiError::DeadlineExceeded)?
             .map_err(leader_error)?
             .into_inner();
         self.wait_applied(&table, response.header.as_ref(), deadline)

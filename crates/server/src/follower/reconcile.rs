@@ -55,7 +55,11 @@ fn leads_catalog(node: &Node) -> bool {
 async fn reconcile_once(follower: &Follower, node: &Arc<Node>) -> Result<(), String> {
     let mut request = tonic::Request::new(MetadataRequest {});
     request.set_timeout(METADATA_TIMEOUT);
-    let response = match follower.metadata_client().get(request).await {
+    let mut client = follower.metadata_client();
+    let answer = tokio::time::timeout(METADATA_TIMEOUT, client.get(request))
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::unavailable("no answer in time")));
+    let response = match answer {
         Ok(response) => response.into_inner(),
         Err(status) => {
             follower.leader_reachable.store(false, Ordering::Relaxed);

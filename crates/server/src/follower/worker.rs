@@ -37,6 +37,9 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(3600);
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Target size of one replicated SEQUENCE entry.
 const SEQUENCE_BYTES: usize = 1024 * 1024;
+/// A stream that delivers nothing (not even the leader's ~1 s heartbeat) for this long is
+/// treated as a dead link and reopened.
+const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Pause after a stream that ended without news (a leader that does not long-poll).
 const IDLE_PAUSE: Duration = Duration::from_millis(50);
 /// Retry pauses after a failed session.
@@ -75,6 +78,8 @@ fn leads(node: &Node, group: &TableGroup) -> bool {
 
 async fn run(follower: Arc<Follower>, group: Arc<TableGroup>) {
     let lag = follower.lag(&group.name);
+    metrics::counter!("armada_replication_snapshot_recoveries_total", "table" => group.name.clone())
+        .increment(0);
     let mut metrics = group.raft.server_metrics();
     let mut backoff = MIN_BACKOFF;
     loop {
@@ -113,7 +118,12 @@ async fn session(
         leader_index: applied + 1,
     });
     request.set_timeout(REPLICATE_TIMEOUT);
-    let mut stream = match follower.log_client().replicate(request).await {
+    let mut client = follower.log_client();
+    let opened = tokio::time::timeout(STREAM_IDLE_TIMEOUT, client.replicate(request));
+    let mut stream = match opened
+        .await
+        .map_err(|_| "Log.Replicate: no answer".to_string())?
+    {
         Ok(response) => response.into_inner(),
         Err(status) => {
             if status.code() == tonic::Code::Unavailable {
@@ -124,10 +134,13 @@ async fn session(
     };
     let mut news = false;
     loop {
-        let message = match stream.message().await {
-            Ok(Some(message)) => message,
-            Ok(None) => break,
-            Err(status) => return Err(format!("Log.Replicate stream: {}", status.message())),
+        let message = match tokio::time::timeout(STREAM_IDLE_TIMEOUT, stream.message()).await {
+            Ok(Ok(Some(message))) => message,
+            Ok(Ok(None)) => break,
+            Ok(Err(status)) => {
+                return Err(format!("Log.Replicate stream: {}", status.message()));
+            }
+            Err(_) => return Err("Log.Replicate stream went silent".into()),
         };
         let now_applied = applied_leader_index(&group.table);
         if now_applied == 0 {
@@ -240,7 +253,12 @@ async fn bootstrap(
         table: Bytes::from(group.name.clone().into_bytes()),
     });
     request.set_timeout(SNAPSHOT_TIMEOUT);
-    let mut stream = match follower.snapshot_client().stream(request).await {
+    let mut client = follower.snapshot_client();
+    let opened = tokio::time::timeout(STREAM_IDLE_TIMEOUT, client.stream(request));
+    let mut stream = match opened
+        .await
+        .map_err(|_| "Snapshot.Stream: no answer".to_string())?
+    {
         Ok(response) => response.into_inner(),
         Err(status) => {
             if status.code() == tonic::Code::Unavailable {
@@ -259,7 +277,10 @@ async fn bootstrap(
     );
     let mut bytes = 0u64;
     loop {
-        match stream.message().await {
+        let next = tokio::time::timeout(STREAM_IDLE_TIMEOUT, stream.message())
+            .await
+            .map_err(|_| "Snapshot.Stream went silent".to_string())?;
+        match next {
             Ok(Some(chunk)) => {
                 bytes += chunk.data.len() as u64;
                 tokio::task::block_in_place(|| writer.write_all(&chunk.data))
@@ -272,6 +293,11 @@ async fn bootstrap(
     tokio::task::block_in_place(|| writer.flush())
         .map_err(|error| format!("writing the spool file: {error}"))?;
     drop(writer);
+    // Counted once the snapshot is here, before it is installed: a reader that sees the new
+    // contents also sees the recovery counted.
+    lag.count_recovery();
+    metrics::counter!("armada_replication_snapshot_recoveries_total", "table" => group.name.clone())
+        .increment(1);
     let loaded = node
         .load_table_from_dump(
             group,
@@ -281,9 +307,6 @@ async fn bootstrap(
         )
         .await
         .map_err(|error| format!("installing the leader's snapshot: {error}"))?;
-    lag.count_recovery();
-    metrics::counter!("armada_replication_snapshot_recoveries_total", "table" => group.name.clone())
-        .increment(1);
     let leader_index = loaded.leader_index.unwrap_or_default();
     lag.observe_leader(leader_index, applied_leader_index(&group.table));
     tracing::info!(
