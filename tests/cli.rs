@@ -134,21 +134,25 @@ async fn dev_starts_from_an_empty_directory() {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut api = None;
+    let (mut api, mut follower_api) = (None, None);
     let mut printed = Vec::new();
-    while api.is_none() {
+    while api.is_none() || follower_api.is_none() {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let line = receiver
             .recv_timeout(remaining)
-            .unwrap_or_else(|_| panic!("dev printed no API address: {printed:?}"));
-        if let Some(address) = line.trim().strip_prefix("API:") {
-            api = Some(address.trim().to_string());
+            .unwrap_or_else(|_| panic!("dev printed no API addresses: {printed:?}"));
+        if let Some(address) = node_api(&line, "leader node 1:") {
+            api = Some(address);
+        }
+        if let Some(address) = node_api(&line, "follower node 1:") {
+            follower_api = Some(address);
         }
         printed.push(line);
     }
-    let api = api.expect("api");
+    let (api, follower_api) = (api.expect("api"), follower_api.expect("follower api"));
     assert!(
-        dir.path().join("armada-data").is_dir(),
+        dir.path().join("armada-data/leader").is_dir()
+            && dir.path().join("armada-data/follower").is_dir(),
         "data in ./armada-data"
     );
     let mut more = Vec::new();
@@ -175,6 +179,20 @@ async fn dev_starts_from_an_empty_directory() {
     );
     let got = armada_cli(&api, &["kv", "get", "demo", "hello"]);
     assert_eq!(String::from_utf8_lossy(&got.stdout), "hello\nworld\n");
+    // The follower cluster mirrors it (within its 5 s reconcile interval).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = armada_cli(&follower_api, &["kv", "get", "demo", "hello"]);
+        if String::from_utf8_lossy(&got.stdout) == "hello\nworld\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower never served the write: {}",
+            String::from_utf8_lossy(&got.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let _ = Command::new("kill")
         .arg("-TERM")
@@ -195,7 +213,8 @@ async fn dev_starts_from_an_empty_directory() {
 async fn dev_with_three_nodes_starts_a_local_cluster() {
     let dir = tempfile::tempdir().expect("tempdir");
     let child = Command::new(env!("CARGO_BIN_EXE_armada"))
-        .args(["dev", "--nodes", "3", "--api.address", "http://127.0.0.1:0"])
+        .args(["dev", "--nodes", "3", "--follower-nodes", "0"])
+        .args(["--api.address", "http://127.0.0.1:0"])
         .args([
             "--replication.address",
             "http://127.0.0.1:0",
@@ -225,13 +244,11 @@ async fn dev_with_three_nodes_starts_a_local_cluster() {
         let line = receiver
             .recv_timeout(remaining)
             .expect("dev --nodes 3 printed its nodes");
-        if let Some(rest) = line.trim().strip_prefix("node ")
-            && let Some(api) = rest.split_whitespace().nth(2)
-        {
-            apis.push(api.to_string());
+        if let Some(api) = node_api(&line, "leader node ") {
+            apis.push(api);
         }
     }
-    assert!(dir.path().join("armada-data/node3").is_dir());
+    assert!(dir.path().join("armada-data/leader/node3").is_dir());
     assert!(
         armada_cli(&apis[0], &["table", "create", "demo"])
             .status
@@ -258,4 +275,12 @@ async fn dev_with_three_nodes_starts_a_local_cluster() {
         assert!(Instant::now() < deadline, "dev did not stop on SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The API address on a `dev` line `<prefix>…: API <address> …`.
+fn node_api(line: &str, prefix: &str) -> Option<String> {
+    let rest = line.trim().strip_prefix(prefix)?;
+    let mut words = rest.split_whitespace();
+    words.find(|word| *word == "API")?;
+    words.next().map(str::to_string)
 }

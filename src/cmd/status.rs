@@ -79,6 +79,33 @@ fn status_text(status: &StatusResponse) -> String {
         ]);
     }
     text.push_str(&format!("{table}\n"));
+    // Follower clusters: replication progress per table.
+    let replicated: Vec<_> = sorted_tables(status)
+        .into_iter()
+        .filter(|(_, table)| is_replica(table))
+        .collect();
+    if !replicated.is_empty() {
+        let mut lag = Table::new();
+        lag.load_preset(UTF8_FULL_CONDENSED).set_header([
+            "table",
+            "leader index",
+            "applied leader index",
+            "lag (entries)",
+            "lag (seconds)",
+            "snapshot recoveries",
+        ]);
+        for (name, table_status) in replicated {
+            lag.add_row([
+                name.clone(),
+                table_status.replication_leader_index.to_string(),
+                table_status.replication_applied_index.to_string(),
+                table_status.replication_lag_entries.to_string(),
+                format!("{:.3}", table_status.replication_lag_seconds),
+                table_status.replication_snapshot_recoveries.to_string(),
+            ]);
+        }
+        text.push_str(&format!("replication from the leader cluster:\n{lag}\n"));
+    }
     for error in &status.errors {
         text.push_str(&format!("error: {error}\n"));
     }
@@ -89,6 +116,11 @@ fn status_text(status: &StatusResponse) -> String {
         }
     }
     text
+}
+
+/// Whether the table is a follower cluster's replica (it reports replication progress).
+fn is_replica(table: &armada_proto::regatta::v1::TableStatus) -> bool {
+    table.replication_leader_index > 0 || table.replication_applied_index > 0
 }
 
 /// `1.5 MiB`-style sizes; negative sizes (unknown) are shown as given.
@@ -122,6 +154,13 @@ fn status_json(status: &StatusResponse) -> Value {
                 "log_size": table.log_size,
                 "db_size": table.db_size,
                 "content_hash": table.content_hash,
+                "replication": is_replica(table).then(|| json!({
+                    "leader_index": table.replication_leader_index,
+                    "applied_leader_index": table.replication_applied_index,
+                    "lag_entries": table.replication_lag_entries,
+                    "lag_seconds": table.replication_lag_seconds,
+                    "snapshot_recoveries": table.replication_snapshot_recoveries,
+                })),
             });
             (name.clone(), value)
         })
