@@ -256,7 +256,19 @@ impl Node {
         group: &Arc<TableGroup>,
         deadline: tokio::time::Instant,
     ) -> Result<(), ApiError> {
-        let handle = GroupHandle::Table(group.clone());
+        let index = self
+            .read_index(&GroupHandle::Table(group.clone()), deadline)
+            .await?;
+        self.wait_applied(group, index, deadline).await
+    }
+
+    /// Asks the group's Raft leader (this node or a peer) for a ReadIndex: the index a replica
+    /// must have applied to serve a linearizable read.
+    async fn read_index(
+        &self,
+        handle: &GroupHandle,
+        deadline: tokio::time::Instant,
+    ) -> Result<u64, ApiError> {
         loop {
             let leader = match handle.current_leader() {
                 Some(leader) => leader,
@@ -289,7 +301,7 @@ impl Node {
                 }
             };
             match index {
-                Ok(index) => return self.wait_applied(group, index, deadline).await,
+                Ok(index) => return Ok(index),
                 Err(PeerError::NotLeader { .. } | PeerError::NoSuchGroup(_)) => {}
                 Err(PeerError::Failed(message)) => {
                     if tokio::time::Instant::now() >= deadline {
@@ -360,14 +372,21 @@ impl Node {
     }
 
     /// The group serving `name`. A table in the catalog whose group is still starting is
-    /// waited for briefly; a table not in the catalog is `NotFound`.
+    /// waited for briefly. A table missing from this replica's catalog is looked up once more
+    /// after a ReadIndex on the catalog group (it may have been created through another node a
+    /// moment ago); still missing, it is `NotFound`.
     pub async fn table(&self, name: &str) -> Result<Arc<TableGroup>, ApiError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let mut confirmed = false;
         loop {
             let notified = self.reconciled.notified();
             let catalog = self.catalog_state();
             let Some(record) = catalog.tables.get(name) else {
-                return Err(ApiError::TableNotFound);
+                if confirmed || !self.catalog_caught_up(deadline).await {
+                    return Err(ApiError::TableNotFound);
+                }
+                confirmed = true;
+                continue;
             };
             if let Some(group) = self.running().get(name)
                 && group.id == record.table_id()
@@ -380,6 +399,21 @@ impl Node {
                 )));
             }
         }
+    }
+
+    /// Brings this replica's catalog up to a ReadIndex of the catalog group; `false` when that
+    /// cannot be done before the deadline (no quorum), leaving the local view as the answer.
+    async fn catalog_caught_up(&self, deadline: tokio::time::Instant) -> bool {
+        let handle = GroupHandle::Catalog(self.catalog.clone());
+        let Ok(index) = self.read_index(&handle, deadline).await else {
+            return false;
+        };
+        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.catalog
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "catalog read index")
+            .await
+            .is_ok()
     }
 
     async fn run_reconciler(self: Arc<Self>) {
