@@ -639,8 +639,46 @@ impl Node {
             })
     }
 
+    /// Hands the leadership of every group this node leads to the most up-to-date other member
+    /// and waits (briefly) until each has moved, so clients see no election timeout when a node
+    /// is stopped on purpose.
+    pub async fn transfer_leaderships(&self, timeout: Duration) {
+        let mut handles = vec![GroupHandle::Catalog(self.catalog.clone())];
+        handles.extend(
+            self.running()
+                .values()
+                .map(|group| GroupHandle::Table(group.clone())),
+        );
+        let me = self.node_id.get();
+        let mut moving = Vec::new();
+        for handle in handles {
+            if handle.current_leader() != Some(me) {
+                continue;
+            }
+            let target = match &handle {
+                GroupHandle::Catalog(raft) => best_successor(&raft.metrics().borrow_watched(), me),
+                GroupHandle::Table(group) => {
+                    best_successor(&group.raft.metrics().borrow_watched(), me)
+                }
+            };
+            if let Some(target) = target {
+                handle.trigger_transfer_leader(target).await;
+                moving.push(handle);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        for handle in moving {
+            while handle.current_leader() == Some(me) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+
     /// Stops every group (graceful shutdown) and makes storage durable.
     pub async fn shutdown(&self) {
+        if self.members.len() > 1 {
+            self.transfer_leaderships(LEADERSHIP_TRANSFER_TIMEOUT).await;
+        }
         for group in self.running().values() {
             let _ = group.raft.shutdown().await;
         }
@@ -658,6 +696,28 @@ impl Node {
     pub fn log_engine(&self) -> &Arc<LogEngine> {
         &self.log
     }
+}
+
+/// How long a stopping node waits for its leaderships to move.
+const LEADERSHIP_TRANSFER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The other member whose log matches the leader's furthest (from the leader's metrics).
+fn best_successor(
+    metrics: &openraft::RaftMetrics<crate::groups::types::TypeConfig>,
+    me: u64,
+) -> Option<u64> {
+    metrics
+        .replication
+        .as_ref()?
+        .iter()
+        .filter(|(id, _)| **id != me)
+        .max_by_key(|(id, matched)| {
+            (
+                matched.as_ref().map(|log_id| log_id.index),
+                std::cmp::Reverse(**id),
+            )
+        })
+        .map(|(id, _)| *id)
 }
 
 /// Pause between attempts to reach a group's Raft leader.

@@ -60,6 +60,13 @@ impl PeerHandler {
                 let (_, handle) = self.group(group)?;
                 handle.pre_vote(rpc).await.map(PeerResponse::Vote)
             }
+            PeerRequest::TransferLeader { group, rpc } => {
+                let (_, handle) = self.group(group)?;
+                handle
+                    .transfer_leader(rpc)
+                    .await
+                    .map(PeerResponse::TransferLeader)
+            }
             PeerRequest::Write { group, request } => {
                 let (_, handle) = self.group(group)?;
                 let (log_index, response) = handle.write_here(request).await?;

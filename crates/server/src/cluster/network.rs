@@ -163,6 +163,26 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         }
     }
 
+    async fn transfer_leader(
+        &mut self,
+        rpc: openraft::raft::TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<openraft::raft::TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self
+            .call(
+                PeerRequest::TransferLeader {
+                    group: self.group,
+                    rpc,
+                },
+                &option,
+            )
+            .await?
+        {
+            PeerResponse::TransferLeader(response) => Ok(response),
+            other => Err(unexpected(other)),
+        }
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: Vote,

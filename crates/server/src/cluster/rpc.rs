@@ -28,6 +28,11 @@ pub enum PeerRequest {
         group: u64,
         rpc: VoteRequest<TypeConfig>,
     },
+    /// The group's leader hands leadership to the receiver (graceful shutdown).
+    TransferLeader {
+        group: u64,
+        rpc: openraft::raft::TransferLeaderRequest<TypeConfig>,
+    },
     /// A write that reached a node which is not the group's Raft leader.
     Write { group: u64, request: Request },
     /// A linearizable read arriving at a follower replica: the leader confirms leadership and
@@ -68,6 +73,7 @@ pub enum PeerResponse {
     ReadIndex { index: u64 },
     NodeInfo { node_id: u64, api_address: String },
     Snapshot(SnapshotResponse<TypeConfig>),
+    TransferLeader(openraft::raft::TransferLeaderResponse<TypeConfig>),
 }
 
 pub type PeerResult = Result<PeerResponse, PeerError>;

@@ -82,6 +82,18 @@ impl GroupHandle {
         with_raft!(self, raft => raft.pre_vote(rpc).await.map_err(failed))
     }
 
+    pub async fn transfer_leader(
+        &self,
+        rpc: openraft::raft::TransferLeaderRequest<TypeConfig>,
+    ) -> Result<openraft::raft::TransferLeaderResponse<TypeConfig>, PeerError> {
+        with_raft!(self, raft => raft.handle_transfer_leader(rpc).await.map_err(failed))
+    }
+
+    /// Asks this replica, if it leads, to hand leadership to `to`.
+    pub async fn trigger_transfer_leader(&self, to: u64) {
+        let _ = with_raft!(self, raft => raft.trigger().transfer_leader(to).await);
+    }
+
     pub async fn install_snapshot(
         &self,
         vote: Vote,
