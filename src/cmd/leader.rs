@@ -78,6 +78,10 @@ pub struct ServerFlags {
     /// Bearer token follower clusters present (empty = no check)
     #[arg(long = "replication.token")]
     pub replication_token: Option<String>,
+    /// Recent log entries kept in memory per table for follower clusters, 0 = none
+    /// [default: 4096]
+    #[arg(long = "replication.log-cache-size")]
+    pub replication_log_cache_size: Option<String>,
     /// Tables created at start-up if missing, comma separated
     #[arg(long = "tables.names")]
     pub tables_names: Option<String>,
@@ -112,6 +116,10 @@ impl ServerFlags {
             ("raft.key-filename", &self.raft_key_filename),
             ("replication.address", &self.replication_address),
             ("replication.token", &self.replication_token),
+            (
+                "replication.log-cache-size",
+                &self.replication_log_cache_size,
+            ),
             ("tables.names", &self.tables_names),
             ("tables.token", &self.tables_token),
             ("maintenance.token", &self.maintenance_token),

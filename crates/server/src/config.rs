@@ -69,6 +69,9 @@ pub struct RaftSettings {
 pub struct ReplicationConfig {
     pub address: String,
     pub token: String,
+    /// Recent applied entries kept in memory per table for follower streams (0 = none);
+    /// also bounded by `replication::log_cache::LOG_CACHE_BYTES_PER_TABLE`.
+    pub log_cache_size: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
@@ -141,6 +144,7 @@ impl Default for ReplicationConfig {
         ReplicationConfig {
             address: "http://0.0.0.0:8444".into(),
             token: String::new(),
+            log_cache_size: 4096,
         }
     }
 }
@@ -166,6 +170,7 @@ pub const KEYS: &[&str] = &[
     "raft.key-filename",
     "replication.address",
     "replication.token",
+    "replication.log-cache-size",
     "tables.names",
     "tables.token",
     "maintenance.token",
@@ -279,6 +284,7 @@ fn parse_value(key: &str, raw: &str) -> Value {
         "raft.election-rtt",
         "raft.snapshot-entries",
         "raft.compaction-overhead",
+        "replication.log-cache-size",
     ];
     if NUMERIC.contains(&key) {
         raw.parse::<Value>()
@@ -461,6 +467,7 @@ mod tests {
                 &[
                     ("RAFT_NODE_ID", "4"),
                     ("API_ADDRESS", "http://127.0.0.1:10"),
+                    ("REPLICATION_LOG_CACHE_SIZE", "16"),
                 ],
                 &[("api.address", "http://127.0.0.1:11")],
                 Some(file),
@@ -472,6 +479,8 @@ mod tests {
         assert_eq!(config.raft.node_id, 4);
         assert_eq!(config.api.address, "http://127.0.0.1:11");
         assert_eq!(config.rest.address, "http://127.0.0.1:8079");
+        assert_eq!(config.replication.log_cache_size, 16);
+        assert_eq!(ServerConfig::default().replication.log_cache_size, 4096);
     }
 
     #[test]

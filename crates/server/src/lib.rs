@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod groups;
 pub mod node;
+pub mod replication;
 pub mod rest;
 pub mod server;
 pub mod telemetry;

@@ -27,6 +27,7 @@ use crate::groups::log::LogEngine;
 use crate::groups::table_sm::TableStateMachine;
 use crate::groups::types::{Request, Response};
 use crate::groups::{CatalogRaft, TableRaft};
+use crate::replication::log_cache::LogCache;
 use crate::transport::{QuicConfig, QuicTransport, Transport, TransportError};
 
 /// One running table replica.
@@ -415,7 +416,9 @@ impl Node {
 
     async fn start_table(&self, name: &str, id: TableId) -> anyhow::Result<Arc<TableGroup>> {
         let table = tokio::task::block_in_place(|| Table::open(&self.storage, id))?;
-        let state_machine = TableStateMachine::open(table.clone(), self.storage.clone())?;
+        let log_cache = LogCache::new(self.config.replication.log_cache_size);
+        let state_machine =
+            TableStateMachine::open(table.clone(), self.storage.clone())?.with_log_cache(log_cache);
         let raft = openraft::Raft::new(
             self.node_id.get(),
             self.raft_config.clone(),

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use super::snapshot::SnapshotData;
 use super::types::{LogId, RaftAppliedState, Response, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::replication::log_cache::{CachedEntry, LogCache};
 
 #[derive(Clone)]
 pub struct TableStateMachine {
@@ -27,6 +28,8 @@ pub struct TableStateMachine {
     storage: armada_storage::Storage,
     /// Last applied membership, kept to stamp positions of batches that carry none.
     membership: std::sync::Arc<std::sync::Mutex<StoredMembership>>,
+    /// Recent applied entries for follower-cluster streams (`replication::log_cache`).
+    log_cache: LogCache,
 }
 
 impl TableStateMachine {
@@ -39,7 +42,18 @@ impl TableStateMachine {
             applied: std::sync::Arc::new(applied),
             storage,
             membership: std::sync::Arc::new(std::sync::Mutex::new(raft_state.last_membership)),
+            log_cache: LogCache::default(),
         })
+    }
+
+    /// Keeps recent applied entries in `cache` (disabled unless given).
+    pub fn with_log_cache(mut self, cache: LogCache) -> Self {
+        self.log_cache = cache;
+        self
+    }
+
+    pub fn log_cache(&self) -> &LogCache {
+        &self.log_cache
     }
 
     /// Follows the applied position of the table.
@@ -121,8 +135,10 @@ impl RaftStateMachine<TypeConfig> for TableStateMachine {
         let mut log_ids = Vec::new();
         let mut commands: Vec<Result<Option<pb::Command>, String>> = Vec::new();
         let mut responders = Vec::new();
+        let mut recent = Vec::new();
         let mut membership = self.current_membership();
         while let Some((entry, responder)) = entries.try_next().await? {
+            recent.push(CachedEntry::of(&entry));
             commands.push(match &entry.payload {
                 EntryPayload::Normal(request) => decode_command(&request.0).map(Some),
                 EntryPayload::Blank => Ok(None),
@@ -160,6 +176,8 @@ impl RaftStateMachine<TypeConfig> for TableStateMachine {
         if let Ok(mut guard) = self.membership.lock() {
             *guard = membership;
         }
+        // Before publishing: a stream woken by the new position finds the entries cached.
+        self.log_cache.append(recent);
         self.applied.send_replace(position);
         metrics::gauge!("armada_table_applied_index", "table_id" => self.table.id().to_string())
             .set(last.index as f64);
