@@ -336,6 +336,11 @@ impl Node {
         self.catalog_state.borrow().clone()
     }
 
+    /// Follows the catalog (the table registry) as this replica applies it.
+    pub fn catalog_changes(&self) -> watch::Receiver<Arc<CatalogState>> {
+        self.catalog_state.clone()
+    }
+
     fn running(&self) -> Arc<BTreeMap<String, Arc<TableGroup>>> {
         self.tables
             .read()

@@ -11,3 +11,4 @@
 //! `groups::table_sm` (fills the cache and publishes the applied position).
 
 pub mod log_cache;
+pub mod log_stream;
