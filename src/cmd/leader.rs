@@ -90,6 +90,10 @@ pub struct ServerFlags {
     /// Follower: snapshot bootstraps at once per node [default: 1]
     #[arg(long = "replication.max-recovery-in-flight")]
     pub replication_max_recovery_in_flight: Option<String>,
+    /// Recent log entries kept in memory per table for follower clusters, 0 = none
+    /// [default: 4096]
+    #[arg(long = "replication.log-cache-size")]
+    pub replication_log_cache_size: Option<String>,
     /// Tables created at start-up if missing, comma separated
     #[arg(long = "tables.names")]
     pub tables_names: Option<String>,
@@ -136,6 +140,10 @@ impl ServerFlags {
             (
                 "replication.max-recovery-in-flight",
                 &self.replication_max_recovery_in_flight,
+            ),
+            (
+                "replication.log-cache-size",
+                &self.replication_log_cache_size,
             ),
             ("tables.names", &self.tables_names),
             ("tables.token", &self.tables_token),

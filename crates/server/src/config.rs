@@ -90,6 +90,9 @@ pub struct ReplicationConfig {
     pub reconcile_interval: String,
     /// Follower: snapshot bootstraps running at once on one node.
     pub max_recovery_in_flight: u64,
+    /// Recent applied entries kept in memory per table for follower streams (0 = none);
+    /// also bounded by `replication::log_cache::LOG_CACHE_BYTES_PER_TABLE`.
+    pub log_cache_size: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
@@ -167,6 +170,7 @@ impl Default for ReplicationConfig {
             ca_filename: String::new(),
             reconcile_interval: "5s".into(),
             max_recovery_in_flight: 1,
+            log_cache_size: 4096,
         }
     }
 }
@@ -219,6 +223,7 @@ pub const KEYS: &[&str] = &[
     "replication.ca-filename",
     "replication.reconcile-interval",
     "replication.max-recovery-in-flight",
+    "replication.log-cache-size",
     "tables.names",
     "tables.token",
     "maintenance.token",
@@ -335,6 +340,7 @@ fn parse_value(key: &str, raw: &str) -> Value {
         "raft.snapshot-entries",
         "raft.compaction-overhead",
         "replication.max-recovery-in-flight",
+        "replication.log-cache-size",
     ];
     if NUMERIC.contains(&key) {
         raw.parse::<Value>()
@@ -557,6 +563,7 @@ mod tests {
                 &[
                     ("RAFT_NODE_ID", "4"),
                     ("API_ADDRESS", "http://127.0.0.1:10"),
+                    ("REPLICATION_LOG_CACHE_SIZE", "16"),
                 ],
                 &[("api.address", "http://127.0.0.1:11")],
                 Some(file),
@@ -568,6 +575,8 @@ mod tests {
         assert_eq!(config.raft.node_id, 4);
         assert_eq!(config.api.address, "http://127.0.0.1:11");
         assert_eq!(config.rest.address, "http://127.0.0.1:8079");
+        assert_eq!(config.replication.log_cache_size, 16);
+        assert_eq!(ServerConfig::default().replication.log_cache_size, 4096);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod follower;
 pub mod groups;
 pub mod load;
 pub mod node;
+pub mod replication;
 pub mod rest;
 pub mod server;
 pub mod telemetry;

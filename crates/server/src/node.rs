@@ -27,6 +27,7 @@ use crate::groups::log::LogEngine;
 use crate::groups::table_sm::TableStateMachine;
 use crate::groups::types::{Request, Response};
 use crate::groups::{CatalogRaft, TableRaft};
+use crate::replication::log_cache::LogCache;
 use crate::transport::{QuicConfig, QuicTransport, Transport, TransportError};
 
 /// One running table replica.
@@ -359,6 +360,11 @@ impl Node {
         self.catalog_state.borrow().clone()
     }
 
+    /// Follows the catalog (the table registry) as this replica applies it.
+    pub fn catalog_changes(&self) -> watch::Receiver<Arc<CatalogState>> {
+        self.catalog_state.clone()
+    }
+
     fn running(&self) -> Arc<BTreeMap<String, Arc<TableGroup>>> {
         self.tables
             .read()
@@ -466,7 +472,13 @@ impl Node {
             TableRole::Leader
         };
         let table = tokio::task::block_in_place(|| Table::open_as(&self.storage, id, role))?;
-        let state_machine = TableStateMachine::open(table.clone(), self.storage.clone())?;
+        // Follower clusters serve no replication streams: no cache of recent entries.
+        let log_cache = LogCache::new(match role {
+            TableRole::Follower => 0,
+            TableRole::Leader => self.config.replication.log_cache_size,
+        });
+        let state_machine =
+            TableStateMachine::open(table.clone(), self.storage.clone())?.with_log_cache(log_cache);
         let raft = openraft::Raft::new(
             self.node_id.get(),
             self.raft_config.clone(),

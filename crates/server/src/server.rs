@@ -14,6 +14,7 @@ use armada_proto::replication::v1::metadata_server::MetadataServer;
 use armada_proto::replication::v1::snapshot_server::SnapshotServer;
 use tokio::sync::watch;
 use tonic::codec::CompressionEncoding;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::address::ListenAddress;
 use crate::api;
@@ -86,25 +87,29 @@ pub async fn run(
         .add_service(compressed(ClusterServer::new(
             api::cluster::ClusterService::new(node.clone()),
         )));
+    let replication = api::replication::ReplicationService::new(node.clone(), stop.clone());
     let replication_server = tonic::transport::Server::builder()
         .add_service(
-            MetadataServer::new(api::replication::ReplicationService::new(node.clone()))
+            MetadataServer::new(replication.clone())
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip),
         )
         .add_service(
-            LogServer::new(api::replication::ReplicationService::new(node.clone()))
+            LogServer::new(replication.clone())
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip),
         )
         .add_service(
-            SnapshotServer::new(api::replication::ReplicationService::new(node.clone()))
+            SnapshotServer::new(replication)
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip),
         )
-        .add_service(compressed(KvServer::new(api::kv::KvService::new(
-            node.clone(),
-        ))));
+        // As in Regatta, follower clusters forward writes to this KV; here it is guarded by
+        // the replication token (the API port's KV is not).
+        .add_service(InterceptedService::new(
+            compressed(KvServer::new(api::kv::KvService::new(node.clone()))),
+            replication_token_check(&config.replication.token),
+        ));
 
     let api_task = tokio::spawn(api_listener.serve(api_server, wait_for(stop.clone())));
     let replication_task = match replication_listener {
@@ -135,6 +140,17 @@ pub async fn run(
     node.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Checks the replication token on services that do not check it themselves.
+fn replication_token_check(
+    token: &str,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone + use<> {
+    let token = token.to_string();
+    move |request: tonic::Request<()>| {
+        api::check_token(&request, &token)?;
+        Ok(request)
+    }
 }
 
 fn compressed<S>(service: S) -> S

@@ -21,13 +21,18 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
 /// How much earlier than the client's deadline the server gives up.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(50);
 
-/// The request's deadline: the client's `grpc-timeout`, else [`DEFAULT_DEADLINE`].
-pub fn deadline<T>(request: &tonic::Request<T>) -> tokio::time::Instant {
-    let timeout = request
+/// The timeout the client sent (`grpc-timeout`), if any.
+pub fn client_timeout<T>(request: &tonic::Request<T>) -> Option<Duration> {
+    request
         .metadata()
         .get("grpc-timeout")
         .and_then(|value| value.to_str().ok())
         .and_then(parse_grpc_timeout)
+}
+
+/// The request's deadline: the client's `grpc-timeout`, else [`DEFAULT_DEADLINE`].
+pub fn deadline<T>(request: &tonic::Request<T>) -> tokio::time::Instant {
+    let timeout = client_timeout(request)
         // Answer a little before the client's own timeout fires (tonic's timeout layer would
         // answer `Cancelled` at that very instant), so the client sees our real reason
         // (`Unavailable`, `DeadlineExceeded`).

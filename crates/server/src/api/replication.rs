@@ -3,10 +3,15 @@
 //! (`Log.Replicate`), and a point-in-time dump (`Snapshot.Stream`).
 //!
 //! Log entries are shipped as the exact `mvcc.v1.Command`s that were applied; Raft-internal
-//! entries (leader blanks, membership) become `DUMMY` so indices stay contiguous.
+//! entries (leader blanks, membership) become `DUMMY` so indices stay contiguous. A
+//! `Replicate` stream stays open after catching up (long poll, `replication::log_stream`).
+//! With `--replication.token` set, every call needs `authorization: Bearer <token>`; the same
+//! holds for `regatta.v1.KV` on this address (see `server.rs`), which follower clusters use to
+//! forward writes.
 
 use std::io::{self, Write};
 use std::sync::Arc;
+use std::time::Duration;
 
 use armada_proto::replication::v1::log_server::Log;
 use armada_proto::replication::v1::metadata_server::Metadata;
@@ -16,44 +21,69 @@ use armada_proto::replication::v1::{
     ReplicateErrResponse, ReplicateError, ReplicateRequest, ReplicateResponse, SnapshotChunk,
     SnapshotRequest, Table, replicate_response,
 };
+use armada_storage::LogIndex;
 use armada_table::pb;
 use bytes::Bytes;
-use openraft::EntryPayload;
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{metered, validate};
+use super::{check_token, client_timeout, metered, validate};
 use crate::error::ApiError;
-use crate::node::Node;
+use crate::node::{Node, TableGroup};
+use crate::replication::log_cache::{CachedCommand, CachedEntry};
+use crate::replication::log_stream::{LogEvent, LogStream};
 
-/// Upper bound of the commands' encoded bytes in one `Replicate` message.
+/// Upper bound of the commands' encoded bytes in one `Replicate` message (one command may
+/// exceed it).
 pub const REPLICATE_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Upper bound of one snapshot or backup chunk.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
-/// Entries read from the log per step.
-const LOG_READ_BATCH: u64 = 1024;
+/// How long a `Replicate` stream stays open when the client set no deadline.
+pub const REPLICATE_STREAM_DURATION: Duration = Duration::from_secs(60);
+/// How much before the client's deadline a `Replicate` stream ends (a tenth of the client's
+/// timeout, at most this), so that its OK status crosses a WAN before the client gives up.
+const REPLICATE_STREAM_END_MARGIN: Duration = Duration::from_secs(1);
+/// Messages a `Replicate` stream may have queued for a slow client.
+const REPLICATE_STREAM_BUFFER: usize = 2;
 
+/// `replication.v1` (Metadata, Log, Snapshot). With `--replication.token` set every call needs
+/// `authorization: Bearer <token>`.
+#[derive(Clone)]
 pub struct ReplicationService {
     node: Arc<Node>,
+    /// Turns true when the server stops: open streams end then.
+    stop: watch::Receiver<bool>,
 }
 
 impl ReplicationService {
-    pub fn new(node: Arc<Node>) -> Self {
-        ReplicationService { node }
+    pub fn new(node: Arc<Node>, stop: watch::Receiver<bool>) -> Self {
+        ReplicationService { node, stop }
     }
+
+    fn token(&self) -> &str {
+        &self.node.config.replication.token
+    }
+}
+
+/// The applied index of a table's replica on this node: on the leader cluster, the leader
+/// index a follower cluster can reach.
+fn applied_index(group: &TableGroup) -> u64 {
+    group.state_machine.subscribe().borrow().log_index.get()
 }
 
 #[tonic::async_trait]
 impl Metadata for ReplicationService {
     async fn get(
         &self,
-        _request: Request<MetadataRequest>,
+        request: Request<MetadataRequest>,
     ) -> Result<Response<MetadataResponse>, Status> {
         metered("replication.v1.Metadata", "Get", async {
+            check_token(&request, self.token())?;
             let catalog = self.node.catalog_state();
-            let groups = self.node.table_groups();
+            let running = self.node.table_groups();
             Ok(MetadataResponse {
                 tables: catalog
                     .tables
@@ -62,11 +92,11 @@ impl Metadata for ReplicationService {
                         name: record.name.clone(),
                         r#type: armada_proto::replication::v1::table::Type::Replicated as i32,
                         id: record.id.to_string(),
-                        leader_index: groups
+                        // 0 while this node is still starting the table's group.
+                        leader_index: running
                             .get(&record.name)
-                            .filter(|group| group.id.get() == record.id)
-                            .and_then(|group| group.table.applied_position().ok())
-                            .map_or(0, |position| position.log_index.get()),
+                            .filter(|group| group.id == record.table_id())
+                            .map_or(0, |group| applied_index(group)),
                     })
                     .collect(),
             })
@@ -75,8 +105,6 @@ impl Metadata for ReplicationService {
         .map(Response::new)
     }
 }
-
-type ReplicateSender = mpsc::Sender<Result<ReplicateResponse, Status>>;
 
 fn error_message(error: ReplicateError) -> ReplicateResponse {
     ReplicateResponse {
@@ -89,111 +117,90 @@ fn error_message(error: ReplicateError) -> ReplicateResponse {
     }
 }
 
-/// The replicated form of a log entry.
-fn replicate_command(table: &Bytes, entry: &crate::groups::types::Entry) -> ReplicateCommand {
+/// The wire form of a replicated entry. A command that does not decode was rejected by the
+/// state machine without effect, so it travels as `DUMMY` like Raft-internal entries.
+fn replicate_command(table: &Bytes, entry: CachedEntry) -> ReplicateCommand {
     let dummy = || pb::Command {
         table: table.clone(),
         r#type: pb::command::CommandType::Dummy as i32,
         ..Default::default()
     };
-    let command = match &entry.payload {
-        EntryPayload::Normal(request) => {
-            pb::Command::decode(request.0.as_ref()).unwrap_or_else(|_| dummy())
-        }
-        EntryPayload::Blank | EntryPayload::Membership(_) => dummy(),
+    let command = match entry.command {
+        CachedCommand::Command(bytes) => pb::Command::decode(bytes).unwrap_or_else(|_| dummy()),
+        CachedCommand::Dummy => dummy(),
     };
     ReplicateCommand {
-        leader_index: entry.log_id.index,
+        leader_index: entry.index.get(),
         command: Some(command),
     }
+}
+
+/// The wire form of a stream event.
+fn replicate_response(table: &Bytes, event: LogEvent) -> Result<ReplicateResponse, Status> {
+    match event {
+        LogEvent::Entries { entries, applied } => Ok(ReplicateResponse {
+            response: Some(replicate_response::Response::CommandsResponse(
+                ReplicateCommandsResponse {
+                    commands: entries
+                        .into_iter()
+                        .map(|entry| replicate_command(table, entry))
+                        .collect(),
+                },
+            )),
+            leader_index: applied.get(),
+        }),
+        LogEvent::Applied(applied) => Ok(ReplicateResponse {
+            response: None,
+            leader_index: applied.get(),
+        }),
+        LogEvent::LeaderBehind => Ok(error_message(ReplicateError::LeaderBehind)),
+        LogEvent::UseSnapshot => Ok(error_message(ReplicateError::UseSnapshot)),
+        LogEvent::TableDeleted => Err(ApiError::TableNotFound.into()),
+        LogEvent::Failed(message) => Err(ApiError::Internal(message).into()),
+    }
+}
+
+/// When a `Replicate` stream ends: a little before the client's deadline, else after
+/// [`REPLICATE_STREAM_DURATION`].
+fn stream_deadline<T>(request: &Request<T>) -> Instant {
+    let duration = match client_timeout(request) {
+        Some(timeout) => timeout.saturating_sub(REPLICATE_STREAM_END_MARGIN.min(timeout / 10)),
+        None => REPLICATE_STREAM_DURATION,
+    };
+    Instant::now() + duration
 }
 
 impl ReplicationService {
     async fn replicate_inner(
         &self,
-        request: ReplicateRequest,
+        request: Request<ReplicateRequest>,
     ) -> Result<ReceiverStream<Result<ReplicateResponse, Status>>, ApiError> {
+        check_token(&request, self.token())?;
+        let deadline = stream_deadline(&request);
+        let request = request.into_inner();
         if request.leader_index == 0 {
             return Err(ApiError::invalid("leader_index must be greater than 0"));
         }
         let group = self.node.table(&validate::table(&request.table)?).await?;
-        let deadline = tokio::time::Instant::now() + super::DEFAULT_DEADLINE;
-        self.node.linearize(&group, deadline).await?;
-        let applied = group.table.read_view().position().log_index.get();
-        let (sender, receiver) = mpsc::channel(2);
-        let log = self.node.log_engine().group(group.id);
-        let table_name = request.table.clone();
-        let start = request.leader_index;
-        tokio::spawn(async move {
-            let _ = stream_log(log, table_name, start, applied, group, sender).await;
-        });
+        // Apply everything committed before the call, so that a lagging replica does not
+        // answer LEADER_BEHIND to a follower that is not ahead.
+        let linearize_deadline = deadline.min(Instant::now() + super::DEFAULT_DEADLINE);
+        self.node.linearize(&group, linearize_deadline).await?;
+        let (sender, receiver) = mpsc::channel(REPLICATE_STREAM_BUFFER);
+        let stream = LogStream::new(
+            group.clone(),
+            self.node.log_engine().group(group.id),
+            self.node.catalog_changes(),
+            self.stop.clone(),
+            // On the leader cluster a leader index is the entry's own log index.
+            LogIndex(request.leader_index),
+            deadline,
+            REPLICATE_MESSAGE_BYTES,
+        );
+        let table = request.table;
+        tokio::spawn(stream.run(sender, move |event| replicate_response(&table, event)));
         Ok(ReceiverStream::new(receiver))
     }
-}
-
-async fn stream_log(
-    log: crate::groups::log::GroupLog,
-    table: Bytes,
-    mut next: u64,
-    applied: u64,
-    group: Arc<crate::node::TableGroup>,
-    sender: ReplicateSender,
-) -> Result<(), ()> {
-    let send = |message| async { sender.send(Ok(message)).await.map_err(|_| ()) };
-    if next > applied + 1 {
-        return send(error_message(ReplicateError::LeaderBehind)).await;
-    }
-    while next <= applied {
-        let first = match log.first_index() {
-            Ok(first) => first,
-            Err(error) => {
-                return sender
-                    .send(Err(Status::internal(error.to_string())))
-                    .await
-                    .map_err(|_| ());
-            }
-        };
-        if first.is_none_or(|first| next < first) {
-            return send(error_message(ReplicateError::UseSnapshot)).await;
-        }
-        let end = (next + LOG_READ_BATCH).min(applied + 1);
-        let entries = match log.read_range(next, end) {
-            Ok(entries) => entries,
-            Err(error) => {
-                return sender
-                    .send(Err(Status::internal(error.to_string())))
-                    .await
-                    .map_err(|_| ());
-            }
-        };
-        if entries.first().map(|entry| entry.log_id.index) != Some(next) {
-            return send(error_message(ReplicateError::UseSnapshot)).await;
-        }
-        let mut commands = Vec::new();
-        let mut bytes = 0;
-        for entry in &entries {
-            let command = replicate_command(&table, entry);
-            bytes += command.encoded_len();
-            commands.push(command);
-            next = entry.log_id.index + 1;
-            if bytes >= REPLICATE_MESSAGE_BYTES {
-                break;
-            }
-        }
-        send(ReplicateResponse {
-            response: Some(replicate_response::Response::CommandsResponse(
-                ReplicateCommandsResponse { commands },
-            )),
-            leader_index: applied,
-        })
-        .await?;
-    }
-    let now_applied = group.table.read_view().position().log_index.get();
-    send(ReplicateResponse {
-        response: None,
-        leader_index: now_applied,
-    })
-    .await
 }
 
 #[tonic::async_trait]
@@ -207,7 +214,7 @@ impl Log for ReplicationService {
         metered(
             "replication.v1.Log",
             "Replicate",
-            self.replicate_inner(request.into_inner()),
+            self.replicate_inner(request),
         )
         .await
         .map(Response::new)
@@ -278,9 +285,10 @@ impl Snapshot for ReplicationService {
         request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         metered("replication.v1.Snapshot", "Stream", async {
+            check_token(&request, self.token())?;
             let request = request.into_inner();
             let group = self.node.table(&validate::table(&request.table)?).await?;
-            let deadline = tokio::time::Instant::now() + super::DEFAULT_DEADLINE;
+            let deadline = Instant::now() + super::DEFAULT_DEADLINE;
             self.node.linearize(&group, deadline).await?;
             let view = group.table.read_view();
             let (sender, receiver) = mpsc::channel(2);

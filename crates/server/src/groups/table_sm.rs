@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use super::snapshot::SnapshotData;
 use super::types::{LogId, RaftAppliedState, Response, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::replication::log_cache::{CachedEntry, LogCache};
 
 #[derive(Clone)]
 pub struct TableStateMachine {
@@ -27,6 +28,8 @@ pub struct TableStateMachine {
     storage: armada_storage::Storage,
     /// Last applied membership, kept to stamp positions of batches that carry none.
     membership: std::sync::Arc<std::sync::Mutex<StoredMembership>>,
+    /// Recent applied entries for follower-cluster streams (`replication::log_cache`).
+    log_cache: LogCache,
 }
 
 impl TableStateMachine {
@@ -39,7 +42,18 @@ impl TableStateMachine {
             applied: std::sync::Arc::new(applied),
             storage,
             membership: std::sync::Arc::new(std::sync::Mutex::new(raft_state.last_membership)),
+            log_cache: LogCache::default(),
         })
+    }
+
+    /// Keeps recent applied entries in `cache` (disabled unless given).
+    pub fn with_log_cache(mut self, cache: LogCache) -> Self {
+        self.log_cache = cache;
+        self
+    }
+
+    pub fn log_cache(&self) -> &LogCache {
+        &self.log_cache
     }
 
     /// Follows the applied position of the table.
@@ -131,8 +145,10 @@ impl RaftStateMachine<TypeConfig> for TableStateMachine {
         let mut responders = Vec::new();
         // The membership in effect after each entry.
         let mut memberships = Vec::new();
+        let mut recent = Vec::new();
         let mut membership = self.current_membership();
         while let Some((entry, responder)) = entries.try_next().await? {
+            recent.push(CachedEntry::of(&entry));
             commands.push(match &entry.payload {
                 EntryPayload::Normal(request) => decode_command(&request.0).map(Some),
                 EntryPayload::Blank => Ok(None),
@@ -172,8 +188,10 @@ impl RaftStateMachine<TypeConfig> for TableStateMachine {
             segments.push(start..apply_entries.len());
         }
         let mut outcomes = Vec::with_capacity(apply_entries.len());
+        let mut recent = recent.into_iter();
         for segment in segments {
             let last_at = segment.end - 1;
+            let segment_len = segment.len();
             let last = log_ids[last_at];
             let position = AppliedPosition {
                 log_index: LogIndex(last.index),
@@ -194,6 +212,8 @@ impl RaftStateMachine<TypeConfig> for TableStateMachine {
             if let Ok(mut guard) = self.membership.lock() {
                 *guard = memberships[last_at].clone();
             }
+            // Before publishing: a stream woken by the new position finds the entries cached.
+            self.log_cache.append(recent.by_ref().take(segment_len));
             // The table completes the position (a follower's revision is its leader index).
             let stored = self.table.applied_position().map_err(io::Error::other)?;
             self.applied.send_replace(stored);
