@@ -513,3 +513,29 @@ async fn a_node_with_a_wiped_data_dir_rejoins_as_the_same_id() {
     replicas_converge(&cluster, "wipe").await;
     assert_all_present(cluster.node(1), "wipe", &more).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_hands_raft_leadership_over_before_stopping() {
+    let mut cluster = Cluster::start(3, &[]);
+    cluster.node(1).create_table("handover").await;
+    table_on_every_node(&cluster, "handover").await;
+    let leader = raft_leader_of(&cluster, "handover").await;
+    let status = cluster.node_mut(leader).terminate();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    let log = cluster.node(leader).log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("handed Raft leadership over"))
+        .unwrap_or_else(|| panic!("no leadership hand-over logged:\n{log}"));
+    assert!(!line.contains("moved=0"), "{line}");
+    // The others carry on under a new leader, and take writes.
+    let next = raft_leader_of(&cluster, "handover").await;
+    assert_ne!(next, leader);
+    cluster
+        .node(next)
+        .kv()
+        .await
+        .put(put("handover", "after", "yes"))
+        .await
+        .expect("a write after the hand-over");
+}

@@ -679,10 +679,21 @@ impl Node {
             }
         }
         let deadline = tokio::time::Instant::now() + timeout;
-        for handle in moving {
+        let mut moved = 0;
+        for handle in &moving {
             while handle.current_leader() == Some(me) && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            if handle.current_leader() != Some(me) {
+                moved += 1;
+            }
+        }
+        if !moving.is_empty() {
+            tracing::info!(
+                moved,
+                led = moving.len(),
+                "handed Raft leadership over before stopping"
+            );
         }
     }
 
