@@ -32,6 +32,7 @@
 
 mod apply;
 mod dump;
+mod dump_check;
 mod error;
 mod load;
 mod position;
@@ -42,6 +43,7 @@ mod view;
 
 pub use armada_proto::mvcc::v1 as pb;
 pub use dump::{DUMP_STREAM_IDENTIFIER, DumpReader};
+pub use dump_check::{DumpProblem, DumpSummary, check_dump};
 pub use error::TableError;
 pub use position::AppliedPosition;
 pub use table::{Table, TableRole};
