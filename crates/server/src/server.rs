@@ -1,11 +1,12 @@
-//! Runs a leader-cluster node: the node itself, the client API (KV, Tables, Cluster), the
-//! replication API and REST, until `shutdown` resolves; then stops accepting, lets in-flight
-//! requests finish and closes storage cleanly.
+//! Runs a leader-cluster node: the node itself, the client API (KV, Tables, Cluster,
+//! Maintenance), the replication API and REST, until `shutdown` resolves; then stops
+//! accepting, lets in-flight requests finish and closes storage cleanly.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use armada_proto::maintenance::v1::maintenance_server::MaintenanceServer;
 use armada_proto::regatta::v1::cluster_server::ClusterServer;
 use armada_proto::regatta::v1::kv_server::KvServer;
 use armada_proto::regatta::v1::tables_server::TablesServer;
@@ -86,6 +87,9 @@ pub async fn run(
         )))
         .add_service(compressed(ClusterServer::new(
             api::cluster::ClusterService::new(node.clone()),
+        )))
+        .add_service(compressed(MaintenanceServer::new(
+            api::maintenance::MaintenanceService::new(node.clone()),
         )));
     let replication = api::replication::ReplicationService::new(node.clone(), stop.clone());
     let replication_server = tonic::transport::Server::builder()
@@ -182,7 +186,8 @@ macro_rules! compression_for {
 compression_for!(
     KvServer<api::kv::KvService>,
     TablesServer<api::tables::TablesService>,
-    ClusterServer<api::cluster::ClusterService>
+    ClusterServer<api::cluster::ClusterService>,
+    MaintenanceServer<api::maintenance::MaintenanceService>
 );
 
 /// Name of the file, in the data directory, where a serving node writes the addresses it bound

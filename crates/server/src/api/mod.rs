@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod kv;
+pub mod maintenance;
 pub mod replication;
 pub mod tables;
 pub mod validate;
