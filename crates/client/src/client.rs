@@ -1,10 +1,14 @@
-//! [`Client`]: one channel to one server, the three Regatta services over it, and a typed
-//! method per RPC returning the proto response.
+//! [`Client`]: one channel to one server, the Regatta services over it (KV, Tables, Cluster,
+//! Maintenance), and a typed method per RPC returning the proto response.
 
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
+use armada_proto::maintenance::v1::maintenance_client::MaintenanceClient;
+use armada_proto::maintenance::v1::{
+    BackupRequest, RestoreInfo, RestoreMessage, RestoreResponse, restore_message,
+};
 use armada_proto::regatta::v1::{
     CreateTableRequest, CreateTableResponse, DeleteTableRequest, DeleteTableResponse,
     ListTablesRequest, ListTablesResponse,
@@ -14,7 +18,8 @@ use armada_proto::regatta::v1::{
     PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse, TxnRequest,
     TxnResponse, cluster_client::ClusterClient, kv_client::KvClient, tables_client::TablesClient,
 };
-use futures::{Stream, TryStreamExt};
+use armada_proto::replication::v1::SnapshotChunk;
+use futures::{Stream, StreamExt, TryStreamExt};
 use prost::bytes::Bytes;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -114,6 +119,20 @@ pub type ApiChannel = InterceptedService<Channel, CallDecorator>;
 pub type RangeStream =
     Pin<Box<dyn Stream<Item = Result<RangeResponse, ClientError>> + Send + 'static>>;
 
+/// A stream of bytes received from the server (e.g. a backup's chunks).
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, ClientError>> + Send + 'static>>;
+
+/// An open `Maintenance.Backup` stream.
+pub struct Backup {
+    /// The table revision the dump observed (Armada servers send it; Regatta servers do not).
+    pub revision: Option<u64>,
+    /// The dump's bytes in order; chunk boundaries carry no meaning.
+    pub chunks: ByteStream,
+}
+
+/// Response header in which an Armada server reports a backup's revision.
+pub const BACKUP_REVISION_HEADER: &str = "armada-revision";
+
 /// Dials `address` and returns the bare channel (e.g. to build an etcd client on it). The
 /// token of `options` is not applied here: only [`Client`] adds it.
 pub async fn connect_channel(
@@ -190,6 +209,7 @@ pub struct Client {
     kv: KvClient<ApiChannel>,
     tables: TablesClient<ApiChannel>,
     cluster: ClusterClient<ApiChannel>,
+    maintenance: MaintenanceClient<ApiChannel>,
 }
 
 impl Client {
@@ -226,7 +246,10 @@ impl Client {
             tables: TablesClient::with_interceptor(channel.clone(), decorator.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            cluster: ClusterClient::with_interceptor(channel, decorator)
+            cluster: ClusterClient::with_interceptor(channel.clone(), decorator.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            maintenance: MaintenanceClient::with_interceptor(channel, decorator)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         }
@@ -245,6 +268,11 @@ impl Client {
     /// The raw `regatta.v1.Cluster` client.
     pub fn cluster(&self) -> ClusterClient<ApiChannel> {
         self.cluster.clone()
+    }
+
+    /// The raw `maintenance.v1.Maintenance` client.
+    pub fn maintenance(&self) -> MaintenanceClient<ApiChannel> {
+        self.maintenance.clone()
     }
 
     /// Writes `value` under `key`; `prev_kv` asks for the previous key-value.
@@ -335,6 +363,98 @@ impl Client {
             .status(StatusRequest { config })
             .await?
             .into_inner())
+    }
+
+    /// `Maintenance.Backup`: a point-in-time dump of `table` (Regatta's `.bak` format).
+    pub async fn backup(&self, table: impl Into<Bytes>) -> Result<Backup, ClientError> {
+        let response = self
+            .maintenance()
+            .backup(BackupRequest {
+                table: table.into(),
+            })
+            .await?;
+        let revision = response
+            .metadata()
+            .get(BACKUP_REVISION_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse().ok());
+        let chunks = response.into_inner().map_err(ClientError::from).and_then(
+            |chunk: SnapshotChunk| async move {
+                if chunk.len != 0 && chunk.len != chunk.data.len() as u64 {
+                    return Err(ClientError::Status {
+                        code: tonic::Code::DataLoss,
+                        message: format!(
+                            "backup chunk says len {} but carries {} bytes",
+                            chunk.len,
+                            chunk.data.len()
+                        ),
+                    });
+                }
+                Ok(chunk.data)
+            },
+        );
+        Ok(Backup {
+            revision,
+            chunks: Box::pin(chunks),
+        })
+    }
+
+    /// `Maintenance.Restore`: replaces `table`'s contents with the dump read from `chunks`
+    /// (sent as `info{table}` then one chunk per item; keep items ≤ 1 MiB).
+    ///
+    /// If `chunks` yields an error, the call is cancelled rather than ended: a cleanly ended
+    /// stream would let the server restore a truncated dump. The error is returned as
+    /// [`ClientError::Input`].
+    pub async fn restore<S>(
+        &self,
+        table: impl Into<Bytes>,
+        chunks: S,
+    ) -> Result<RestoreResponse, ClientError>
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        let (error_sender, error_receiver) = futures::channel::oneshot::channel();
+        let info = RestoreMessage {
+            data: Some(restore_message::Data::Info(RestoreInfo {
+                table: table.into(),
+            })),
+        };
+        let data = futures::stream::unfold(
+            (Box::pin(chunks), Some(error_sender)),
+            |(mut chunks, mut error_sender)| async move {
+                match chunks.next().await {
+                    Some(Ok(data)) => {
+                        let message = RestoreMessage {
+                            data: Some(restore_message::Data::Chunk(SnapshotChunk {
+                                len: data.len() as u64,
+                                data,
+                                index: 0,
+                            })),
+                        };
+                        Some((message, (chunks, error_sender)))
+                    }
+                    Some(Err(error)) => {
+                        if let Some(sender) = error_sender.take() {
+                            let _ = sender.send(error);
+                        }
+                        // Never end: the caller cancels the call when it sees the error.
+                        futures::future::pending::<()>().await;
+                        None
+                    }
+                    None => None,
+                }
+            },
+        );
+        let messages = futures::stream::once(async { info }).chain(data);
+        let mut client = self.maintenance();
+        let call = Box::pin(async move { client.restore(messages).await });
+        match futures::future::select(call, error_receiver).await {
+            futures::future::Either::Left((result, _)) => Ok(result?.into_inner()),
+            // Dropping the call here cancels it: the server sees a broken stream.
+            futures::future::Either::Right((Ok(error), _call)) => Err(ClientError::Input(error)),
+            // The chunks ended normally: wait for the server's answer.
+            futures::future::Either::Right((Err(_), call)) => Ok(call.await?.into_inner()),
+        }
     }
 
     /// The cluster's members.

@@ -22,6 +22,9 @@ pub enum ClientError {
     /// The transport could not be set up (TLS configuration, connection refused, ...).
     #[error("cannot connect to {address}: {detail}")]
     Connect { address: String, detail: String },
+    /// Reading what a streaming call was to send failed; the call was cancelled.
+    #[error("reading the data to send failed: {0}")]
+    Input(#[source] std::io::Error),
     /// The server (or the transport during a call) answered with a gRPC status.
     #[error("{code:?}: {message}")]
     Status { code: tonic::Code, message: String },

@@ -1,6 +1,6 @@
 //! `armada-client`: a typed async client for Armada's gRPC API (the Regatta wire contract).
 //!
-//! Used by the `armada` CLI (`kv`, `table`, `status`, `members`), by `armada bench`, by the
+//! Used by the `armada` CLI (`kv`, `table`, `status`, `members`, `backup`, `restore`), by `armada bench`, by the
 //! black-box tests and (later) by follower clusters forwarding writes to the leader cluster.
 //!
 //! - [`Client::connect`] / [`Client::connect_with`] accept `http://host:port`, `host:port`
@@ -23,8 +23,8 @@ pub mod key_range;
 pub mod txn_script;
 
 pub use client::{
-    ApiChannel, CallDecorator, Client, ConnectOptions, DEFAULT_CONNECT_TIMEOUT, MAX_MESSAGE_BYTES,
-    RangeStream, connect_channel, lazy_channel,
+    ApiChannel, BACKUP_REVISION_HEADER, Backup, ByteStream, CallDecorator, Client, ConnectOptions,
+    DEFAULT_CONNECT_TIMEOUT, MAX_MESSAGE_BYTES, RangeStream, connect_channel, lazy_channel,
 };
 pub use error::ClientError;
 
