@@ -1,5 +1,6 @@
 //! `armada`: one binary for servers (`leader`, `follower`, `dev`), the client (`kv`, `table`,
-//! `status`, `members`), the load generator (`bench`) and `version`.
+//! `status`, `members`), backups (`backup`, `restore`), the load generator (`bench`) and
+//! `version`.
 
 mod cmd;
 
@@ -32,6 +33,10 @@ enum Command {
     Status(cmd::status::StatusArgs),
     /// List the members of a cluster.
     Members(cmd::status::MembersArgs),
+    /// Back up every table (or --tables) into a directory: <table>.bak files and manifest.json.
+    Backup(cmd::backup::BackupArgs),
+    /// Restore tables from a backup directory (checks every file first). Destructive.
+    Restore(cmd::restore::RestoreArgs),
     /// Load generator for Armada and etcd.
     Bench(cmd::bench::BenchArgs),
     /// Print the version.
@@ -59,6 +64,8 @@ fn main() -> std::process::ExitCode {
             Command::Table(args) => cmd::table::run(args).await,
             Command::Status(args) => cmd::status::run(args).await,
             Command::Members(args) => cmd::status::run_members(args).await,
+            Command::Backup(args) => cmd::backup::run(args).await,
+            Command::Restore(args) => cmd::restore::run(args).await,
             Command::Bench(args) => cmd::bench::run(args).await,
             Command::Version => {
                 println!("armada {}", env!("CARGO_PKG_VERSION"));

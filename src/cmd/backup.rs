@@ -1,0 +1,305 @@
+//! `armada backup`: every table (or `--tables a,b`) of a leader cluster into a directory, in
+//! Regatta's layout (`backup_dir`): `<table>.bak` each, then `manifest.json`.
+//!
+//! Each table is one `Maintenance.Backup` stream (a point-in-time dump; writes continue
+//! meanwhile) written to a hidden temporary file while its MD5 and SHA-256 are computed, then
+//! fsynced and renamed. An old manifest in the directory is removed first, so the directory
+//! never pairs a manifest with files of another run; the new one is written last. Any failure
+//! stops the run with a non-zero exit and leaves no manifest.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use armada_client::{Client, ClientError, ConnectOptions};
+use clap::Args;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+use super::backup_dir::{
+    Checksums, MANIFEST_FILE, Manifest, ManifestTable, check_table_name, now_rfc3339, sync_dir,
+};
+use super::kv::{Output, parse_duration};
+
+/// Flags of `armada backup` and `armada restore`.
+#[derive(Args, Debug, Clone)]
+pub struct TransferArgs {
+    /// Server address: http://host:port, host:port, https://host:port or unix:///path.
+    #[arg(long, env = "ARMADA_ADDRESS", default_value = "http://127.0.0.1:8443")]
+    pub address: String,
+    /// Bearer token for the Maintenance API (the server's --maintenance.token).
+    #[arg(long, env = "ARMADA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM file of the CA that signed the server's certificate (https:// only).
+    #[arg(long, env = "ARMADA_CA")]
+    pub ca: Option<PathBuf>,
+    /// The backup directory.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Only these tables (comma separated); default: every table.
+    #[arg(long, value_delimiter = ',')]
+    pub tables: Vec<String>,
+    /// Deadline of the whole run, e.g. 30m, 2h.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Print one JSON document (and no progress bars).
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl TransferArgs {
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        let options = ConnectOptions {
+            ca_file: self.ca.clone(),
+            token: self.token.clone(),
+            timeout: Some(self.timeout),
+            connect_timeout: Some(self.timeout.min(armada_client::DEFAULT_CONNECT_TIMEOUT)),
+        };
+        Ok(Client::connect_with(&self.address, &options).await?)
+    }
+
+    /// A progress bar on stderr when it is a terminal and output is for humans.
+    pub fn progress_bar(&self, length: Option<u64>, table: &str) -> ProgressBar {
+        let target = if self.json {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        };
+        let (bar, template) = match length {
+            Some(length) => (
+                ProgressBar::with_draw_target(Some(length), target),
+                "{prefix:>16} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            ),
+            None => (
+                ProgressBar::with_draw_target(None, target),
+                "{prefix:>16} {spinner} {bytes} {bytes_per_sec} {elapsed}",
+            ),
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(table.to_string());
+        bar
+    }
+}
+
+/// `armada backup`.
+#[derive(Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+}
+
+/// What was written for one table.
+struct TableBackup {
+    entry: ManifestTable,
+    bytes: u64,
+    elapsed: Duration,
+}
+
+pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
+    let args = args.transfer;
+    tokio::time::timeout(args.timeout, backup(&args))
+        .await
+        .map_err(|_| anyhow::anyhow!("backup failed: not finished within {:?}", args.timeout))?
+        .context("backup failed")
+}
+
+async fn backup(args: &TransferArgs) -> anyhow::Result<()> {
+    let dir = &args.dir;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the directory {}", dir.display()))?;
+    let client = args.connect().await?;
+    let started = now_rfc3339();
+    let tables = tables_to_back_up(&client, &args.tables).await?;
+    remove_old_manifest(dir)?;
+    let mut written = Vec::with_capacity(tables.len());
+    for name in &tables {
+        let table = backup_table(&client, args, name)
+            .await
+            .with_context(|| format!("table {name}"))?;
+        if !args.json {
+            eprintln!(
+                "{name}: {} bytes, revision {}, {:.1} MB/s",
+                table.bytes,
+                table
+                    .entry
+                    .revision
+                    .map_or_else(|| "-".to_string(), |revision| revision.to_string()),
+                megabytes_per_second(table.bytes, table.elapsed)
+            );
+        }
+        written.push(table);
+    }
+    let manifest = Manifest {
+        started,
+        finished: now_rfc3339(),
+        tables: written.iter().map(|table| table.entry.clone()).collect(),
+    };
+    manifest.write(dir)?;
+    print_summary(args, &manifest, &written)
+}
+
+fn print_summary(
+    args: &TransferArgs,
+    manifest: &Manifest,
+    written: &[TableBackup],
+) -> anyhow::Result<()> {
+    let output = Output::new(args.json);
+    if output.json {
+        let tables: Vec<_> = written
+            .iter()
+            .map(|table| {
+                json!({
+                    "name": table.entry.name,
+                    "file_name": table.entry.file_name,
+                    "md5": table.entry.md5,
+                    "sha256": table.entry.sha256,
+                    "revision": table.entry.revision,
+                    "bytes": table.bytes,
+                    "seconds": table.elapsed.as_secs_f64(),
+                })
+            })
+            .collect();
+        return output.print_json(&json!({
+            "dir": args.dir.display().to_string(),
+            "started": manifest.started,
+            "finished": manifest.finished,
+            "tables": tables,
+        }));
+    }
+    println!(
+        "backed up {} table(s) to {}",
+        manifest.tables.len(),
+        args.dir.display()
+    );
+    Ok(())
+}
+
+pub fn megabytes_per_second(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / 1_000_000.0 / elapsed.as_secs_f64().max(1e-6)
+}
+
+/// `--tables` (checked and deduplicated), else every table the server lists, sorted by name.
+async fn tables_to_back_up(client: &Client, selected: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut tables: Vec<String> = if selected.is_empty() {
+        list_tables(client).await?
+    } else {
+        for name in selected {
+            check_table_name(name)?;
+        }
+        selected.to_vec()
+    };
+    tables.sort();
+    tables.dedup();
+    Ok(tables)
+}
+
+/// Table names from `Tables.List`; when that needs a token we do not have (the Tables token
+/// may differ from the Maintenance one), from `Cluster.Status`, which needs none (Regatta's
+/// way).
+async fn list_tables(client: &Client) -> anyhow::Result<Vec<String>> {
+    match client.list_tables().await {
+        Ok(list) => Ok(list.tables.into_iter().map(|table| table.name).collect()),
+        Err(error) if error.code() == Some(tonic::Code::Unauthenticated) => {
+            let status = client.status(false).await.context("list tables")?;
+            Ok(status.tables.into_keys().collect())
+        }
+        Err(error) => Err(error).context("list tables"),
+    }
+}
+
+fn remove_old_manifest(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(dir.join(MANIFEST_FILE)) {
+        Ok(()) => sync_dir(dir),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error).with_context(|| format!("cannot remove the old {MANIFEST_FILE}")),
+    }
+}
+
+/// Streams one table into `<dir>/<table>.bak` (temporary name first, removed on failure).
+async fn backup_table(
+    client: &Client,
+    args: &TransferArgs,
+    name: &str,
+) -> anyhow::Result<TableBackup> {
+    let file_name = format!("{name}.bak");
+    let temporary = args.dir.join(format!(".{file_name}.partial"));
+    let started = Instant::now();
+    let result = write_table_file(client, args, name, &temporary).await;
+    let (checksums, bytes, revision) = match result {
+        Ok(done) => done,
+        Err(error) => {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(error);
+        }
+    };
+    std::fs::rename(&temporary, args.dir.join(&file_name))?;
+    sync_dir(&args.dir)?;
+    let (md5, sha256) = checksums.finish();
+    Ok(TableBackup {
+        entry: ManifestTable {
+            name: name.to_string(),
+            file_name,
+            md5,
+            sha256: Some(sha256),
+            revision,
+        },
+        bytes,
+        elapsed: started.elapsed(),
+    })
+}
+
+async fn write_table_file(
+    client: &Client,
+    args: &TransferArgs,
+    name: &str,
+    path: &Path,
+) -> anyhow::Result<(Checksums, u64, Option<u64>)> {
+    let backup = client.backup(name.to_string()).await.map_err(explain)?;
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    let progress = args.progress_bar(None, name);
+    let mut checksums = Checksums::default();
+    let mut bytes = 0u64;
+    let mut chunks = backup.chunks;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(explain)?;
+        checksums.update(&chunk);
+        file.write_all(&chunk)
+            .await
+            .with_context(|| format!("writing {}", path.display()))?;
+        bytes += chunk.len() as u64;
+        progress.set_position(bytes);
+    }
+    file.sync_all().await?;
+    progress.finish_and_clear();
+    if bytes > 0 && !chunks_start_like_a_dump(path)? {
+        bail!("the server sent data that is not a Snappy framing stream");
+    }
+    Ok((checksums, bytes, backup.revision))
+}
+
+/// A non-empty dump starts with the Snappy stream identifier: a cheap sanity check that the
+/// server speaks the format.
+fn chunks_start_like_a_dump(path: &Path) -> anyhow::Result<bool> {
+    use std::io::Read;
+    let mut head = [0u8; 10];
+    std::fs::File::open(path)?.read_exact(&mut head)?;
+    Ok(head == armada_table::DUMP_STREAM_IDENTIFIER)
+}
+
+/// Adds what the operator can do to the errors that need it.
+pub fn explain(error: ClientError) -> anyhow::Error {
+    let hint = match error.code() {
+        Some(tonic::Code::Unauthenticated) => {
+            " (pass the server's maintenance token with --token or ARMADA_TOKEN)"
+        }
+        Some(tonic::Code::NotFound) => " (no such table on the server)",
+        _ => "",
+    };
+    anyhow::anyhow!("{error}{hint}")
+}
