@@ -25,6 +25,14 @@ use super::kv::Output;
 /// Bytes per Restore message.
 const RESTORE_CHUNK_BYTES: usize = 1024 * 1024;
 
+/// What was restored of one table.
+struct Restored {
+    name: String,
+    bytes: u64,
+    elapsed: Duration,
+    revision: Option<u64>,
+}
+
 /// `armada restore`.
 #[derive(Args)]
 pub struct RestoreArgs {
@@ -59,38 +67,53 @@ async fn restore(args: &TransferArgs) -> anyhow::Result<()> {
             .context("nothing was restored")?;
     }
     let client = args.connect().await?;
-    let mut restored: Vec<(String, u64, Duration)> = Vec::new();
+    let mut restored: Vec<Restored> = Vec::new();
     for table in &selected {
         let started = Instant::now();
-        if let Err(error) = restore_table(&client, args, table).await {
-            let done: Vec<&str> = restored.iter().map(|(name, ..)| name.as_str()).collect();
-            return Err(error.context(format!(
-                "table {} (already restored: {})",
-                table.entry.name,
-                if done.is_empty() {
-                    "none".to_string()
-                } else {
-                    done.join(", ")
-                }
-            )));
-        }
-        let elapsed = started.elapsed();
+        let revision = match restore_table(&client, args, table).await {
+            Ok(revision) => revision,
+            Err(error) => {
+                let done: Vec<&str> = restored.iter().map(|done| done.name.as_str()).collect();
+                return Err(error.context(format!(
+                    "table {} (already restored: {})",
+                    table.entry.name,
+                    if done.is_empty() {
+                        "none".to_string()
+                    } else {
+                        done.join(", ")
+                    }
+                )));
+            }
+        };
+        let done = Restored {
+            name: table.entry.name.clone(),
+            bytes: table.bytes,
+            elapsed: started.elapsed(),
+            revision,
+        };
         if !args.json {
             eprintln!(
-                "{}: {} bytes, {:.1} MB/s",
-                table.entry.name,
-                table.bytes,
-                megabytes_per_second(table.bytes, elapsed)
+                "{}: {} bytes, revision {}, {:.1} MB/s",
+                done.name,
+                done.bytes,
+                done.revision
+                    .map_or_else(|| "-".to_string(), |revision| revision.to_string()),
+                megabytes_per_second(done.bytes, done.elapsed)
             );
         }
-        restored.push((table.entry.name.clone(), table.bytes, elapsed));
+        restored.push(done);
     }
     let output = Output::new(args.json);
     if output.json {
         let tables: Vec<_> = restored
             .iter()
-            .map(|(name, bytes, elapsed)| {
-                json!({"name": name, "bytes": bytes, "seconds": elapsed.as_secs_f64()})
+            .map(|done| {
+                json!({
+                    "name": done.name,
+                    "bytes": done.bytes,
+                    "revision": done.revision,
+                    "seconds": done.elapsed.as_secs_f64(),
+                })
             })
             .collect();
         return output.print_json(&json!({
@@ -186,11 +209,12 @@ fn verify(table: &Selected, progress: &indicatif::ProgressBar) -> anyhow::Result
 }
 
 /// Sends one file; a read error or a changed file cancels the call.
+/// Returns the table's revision after the restore, when the server reports it.
 async fn restore_table(
     client: &armada_client::Client,
     args: &TransferArgs,
     table: &Selected,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<u64>> {
     let progress = args.progress_bar(Some(table.bytes), &table.entry.name);
     let (sender, receiver) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     let path = table.path.clone();
@@ -207,7 +231,7 @@ async fn restore_table(
     let result = client.restore(table.entry.name.clone(), chunks).await;
     let _ = reader.await;
     progress.finish_and_clear();
-    result.map(|_| ()).map_err(explain)
+    result.map_err(explain)
 }
 
 fn send_file(

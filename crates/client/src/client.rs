@@ -6,9 +6,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use armada_proto::maintenance::v1::maintenance_client::MaintenanceClient;
-use armada_proto::maintenance::v1::{
-    BackupRequest, RestoreInfo, RestoreMessage, RestoreResponse, restore_message,
-};
+use armada_proto::maintenance::v1::{BackupRequest, RestoreInfo, RestoreMessage, restore_message};
 use armada_proto::regatta::v1::{
     CreateTableRequest, CreateTableResponse, DeleteTableRequest, DeleteTableResponse,
     ListTablesRequest, ListTablesResponse,
@@ -130,8 +128,15 @@ pub struct Backup {
     pub chunks: ByteStream,
 }
 
-/// Response header in which an Armada server reports a backup's revision.
-pub const BACKUP_REVISION_HEADER: &str = "armada-revision";
+/// Response header in which an Armada server reports the revision of a backup or restore.
+pub const REVISION_HEADER: &str = "armada-revision";
+
+fn revision_header(metadata: &tonic::metadata::MetadataMap) -> Option<u64> {
+    metadata
+        .get(REVISION_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+}
 
 /// Dials `address` and returns the bare channel (e.g. to build an etcd client on it). The
 /// token of `options` is not applied here: only [`Client`] adds it.
@@ -373,11 +378,7 @@ impl Client {
                 table: table.into(),
             })
             .await?;
-        let revision = response
-            .metadata()
-            .get(BACKUP_REVISION_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse().ok());
+        let revision = revision_header(response.metadata());
         let chunks = response.into_inner().map_err(ClientError::from).and_then(
             |chunk: SnapshotChunk| async move {
                 if chunk.len != 0 && chunk.len != chunk.data.len() as u64 {
@@ -400,7 +401,8 @@ impl Client {
     }
 
     /// `Maintenance.Restore`: replaces `table`'s contents with the dump read from `chunks`
-    /// (sent as `info{table}` then one chunk per item; keep items ≤ 1 MiB).
+    /// (sent as `info{table}` then one chunk per item; keep items ≤ 1 MiB). Returns the
+    /// table's revision after the restore when the server reports it (Armada does).
     ///
     /// If `chunks` yields an error, the call is cancelled rather than ended: a cleanly ended
     /// stream would let the server restore a truncated dump. The error is returned as
@@ -409,7 +411,7 @@ impl Client {
         &self,
         table: impl Into<Bytes>,
         chunks: S,
-    ) -> Result<RestoreResponse, ClientError>
+    ) -> Result<Option<u64>, ClientError>
     where
         S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     {
@@ -448,13 +450,16 @@ impl Client {
         let messages = futures::stream::once(async { info }).chain(data);
         let mut client = self.maintenance();
         let call = Box::pin(async move { client.restore(messages).await });
-        match futures::future::select(call, error_receiver).await {
-            futures::future::Either::Left((result, _)) => Ok(result?.into_inner()),
+        let response = match futures::future::select(call, error_receiver).await {
+            futures::future::Either::Left((result, _)) => result?,
             // Dropping the call here cancels it: the server sees a broken stream.
-            futures::future::Either::Right((Ok(error), _call)) => Err(ClientError::Input(error)),
+            futures::future::Either::Right((Ok(error), _call)) => {
+                return Err(ClientError::Input(error));
+            }
             // The chunks ended normally: wait for the server's answer.
-            futures::future::Either::Right((Err(_), call)) => Ok(call.await?.into_inner()),
-        }
+            futures::future::Either::Right((Err(_), call)) => call.await?,
+        };
+        Ok(revision_header(response.metadata()))
     }
 
     /// The cluster's members.

@@ -23,8 +23,8 @@ pub mod key_range;
 pub mod txn_script;
 
 pub use client::{
-    ApiChannel, BACKUP_REVISION_HEADER, Backup, ByteStream, CallDecorator, Client, ConnectOptions,
-    DEFAULT_CONNECT_TIMEOUT, MAX_MESSAGE_BYTES, RangeStream, connect_channel, lazy_channel,
+    ApiChannel, Backup, ByteStream, CallDecorator, Client, ConnectOptions, DEFAULT_CONNECT_TIMEOUT,
+    MAX_MESSAGE_BYTES, REVISION_HEADER, RangeStream, connect_channel, lazy_channel,
 };
 pub use error::ClientError;
 

@@ -16,7 +16,9 @@
 //! node's temporary directory (bounded by [`MAX_RESTORE_DUMP_BYTES`]) and checked completely
 //! ([`armada_table::check_dump`]: framing, CRCs, every record) before the table is touched;
 //! any problem is `InvalidArgument` naming the record. Only then does the node replace the
-//! table's contents through Raft (`Node::restore_table`).
+//! table's contents through Raft (`Node::restore_table`, `crate::load`): created when
+//! missing, switched atomically on every replica, with fresh revisions. The revision after the
+//! switch travels in the response header [`REVISION_HEADER`].
 //!
 //! Both default to a one-hour deadline when the client sets none (as Regatta), and the
 //! deadline is enforced for the whole stream, not only until the first message.
@@ -112,7 +114,7 @@ impl MaintenanceService {
     async fn restore_inner(
         &self,
         request: Request<Streaming<RestoreMessage>>,
-    ) -> Result<RestoreResponse, ApiError> {
+    ) -> Result<Response<RestoreResponse>, ApiError> {
         check_token(&request, self.token())?;
         let deadline = maintenance_deadline(&request);
         let _permit = self.restores.clone().try_acquire_owned().map_err(|_| {
@@ -147,20 +149,15 @@ impl MaintenanceService {
             keys = summary.keys,
             "restore stream received and checked"
         );
-        self.replace_table(&name, spool.path(), deadline).await?;
-        Ok(RestoreResponse {})
-    }
-
-    /// Replaces the table's contents with the checked dump at `dump`.
-    async fn replace_table(
-        &self,
-        name: &str,
-        _dump: &std::path::Path,
-        _deadline: tokio::time::Instant,
-    ) -> Result<(), ApiError> {
-        Err(ApiError::Unimplemented(format!(
-            "restoring table `{name}`: replacing a table through Raft is not available in this build yet"
-        )))
+        let revision = self
+            .node
+            .restore_table(&name, spool.path(), deadline)
+            .await?;
+        let mut response = Response::new(RestoreResponse {});
+        response
+            .metadata_mut()
+            .insert(REVISION_HEADER, revision.into());
+        Ok(response)
     }
 }
 
@@ -292,9 +289,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<Streaming<RestoreMessage>>,
     ) -> Result<Response<RestoreResponse>, Status> {
-        metered(SERVICE, "Restore", self.restore_inner(request))
-            .await
-            .map(Response::new)
+        metered(SERVICE, "Restore", self.restore_inner(request)).await
     }
 
     async fn reset(
