@@ -130,19 +130,7 @@ impl MaintenanceService {
             .tempfile_in(self.node.temporary_dir())
             .map_err(|error| ApiError::Internal(format!("cannot create a spool file: {error}")))?;
         let bytes = receive_chunks(&mut messages, &spool, deadline).await?;
-        let path = spool.path().to_path_buf();
-        let summary = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::open(&path)?;
-            Ok::<_, std::io::Error>(armada_table::check_dump(std::io::BufReader::new(file)))
-        })
-        .await
-        .map_err(|error| ApiError::Internal(error.to_string()))?
-        .map_err(|error| ApiError::Internal(format!("cannot read the spool file: {error}")))?
-        .map_err(|problem| {
-            ApiError::invalid(format!(
-                "invalid dump for table `{name}`, nothing was changed: {problem}"
-            ))
-        })?;
+        let summary = check_spooled(spool.path(), &name).await?;
         tracing::info!(
             table = name,
             bytes,
@@ -159,6 +147,26 @@ impl MaintenanceService {
             .insert(REVISION_HEADER, revision.into());
         Ok(response)
     }
+}
+
+/// Checks the whole spooled dump (on a blocking thread: it reads the file).
+async fn check_spooled(
+    path: &std::path::Path,
+    name: &str,
+) -> Result<armada_table::DumpSummary, ApiError> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path)?;
+        Ok::<_, std::io::Error>(armada_table::check_dump(std::io::BufReader::new(file)))
+    })
+    .await
+    .map_err(|error| ApiError::Internal(error.to_string()))?
+    .map_err(|error| ApiError::Internal(format!("cannot read the spool file: {error}")))?
+    .map_err(|problem| {
+        ApiError::invalid(format!(
+            "invalid dump for table `{name}`, nothing was changed: {problem}"
+        ))
+    })
 }
 
 /// The client's deadline, else [`MAINTENANCE_DEADLINE`].
