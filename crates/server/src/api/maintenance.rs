@@ -1,6 +1,6 @@
-//! `maintenance.v1.Maintenance`: backups and restores on the leader cluster (Reset belongs to
-//! follower clusters). With `--maintenance.token` set every call needs
-//! `authorization: Bearer <token>`.
+//! `maintenance.v1.Maintenance`: backups and restores on the leader cluster, Reset on follower
+//! clusters (as in Regatta, each side answers `Unimplemented` to the other's methods). With
+//! `--maintenance.token` set every call needs `authorization: Bearer <token>`.
 //!
 //! # Backup
 //! A linearizable read point (ReadIndex, then wait until this replica applied it) and one
@@ -20,8 +20,14 @@
 //! missing, switched atomically on every replica, with fresh revisions. The revision after the
 //! switch travels in the response header [`REVISION_HEADER`].
 //!
-//! Both default to a one-hour deadline when the client sets none (as Regatta), and the
-//! deadline is enforced for the whole stream, not only until the first message.
+//! # Reset (follower clusters)
+//! `Reset{table}` or `Reset{reset_all}`: each table's replica re-bootstraps from a fresh
+//! snapshot of the leader's (`Follower::reset_table`); the call returns once it holds data
+//! again. `reset_all` stops at the first table that fails.
+//!
+//! All three default to a one-hour deadline when the client sets none (Regatta: 1 h for Backup
+//! and Restore), and the deadline is enforced for the whole stream, not only until the first
+//! message.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -78,11 +84,44 @@ impl MaintenanceService {
         &self.node.config.maintenance.token
     }
 
+    /// Backup and Restore change or read the leader cluster's tables only: a follower's
+    /// contents are the leader's, and a restore there would fork them.
+    fn require_leader_cluster(&self) -> Result<(), ApiError> {
+        if self.node.config.is_follower() {
+            return Err(ApiError::Unimplemented(
+                "Backup and Restore are served by the leader cluster; this node belongs to a follower cluster".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn reset_inner(&self, request: Request<ResetRequest>) -> Result<ResetResponse, ApiError> {
+        check_token(&request, self.token())?;
+        let deadline = maintenance_deadline(&request);
+        let Some(follower) = self.node.follower() else {
+            return Err(ApiError::Unimplemented(
+                "Reset is served by follower clusters; this node belongs to the leader cluster"
+                    .into(),
+            ));
+        };
+        let request = request.into_inner();
+        let tables: Vec<String> = if request.reset_all {
+            self.node.table_groups().keys().cloned().collect()
+        } else {
+            vec![validate::table(&request.table)?]
+        };
+        for name in tables {
+            follower.reset_table(&name, deadline).await?;
+        }
+        Ok(ResetResponse {})
+    }
+
     async fn backup_inner(
         &self,
         request: Request<BackupRequest>,
     ) -> Result<Response<BackupStream>, ApiError> {
         check_token(&request, self.token())?;
+        self.require_leader_cluster()?;
         let deadline = maintenance_deadline(&request);
         let table = request.into_inner().table;
         let name = validate::table(&table)?;
@@ -116,6 +155,7 @@ impl MaintenanceService {
         request: Request<Streaming<RestoreMessage>>,
     ) -> Result<Response<RestoreResponse>, ApiError> {
         check_token(&request, self.token())?;
+        self.require_leader_cluster()?;
         let deadline = maintenance_deadline(&request);
         let _permit = self.restores.clone().try_acquire_owned().map_err(|_| {
             ApiError::Unavailable(format!(
@@ -304,13 +344,8 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<ResetRequest>,
     ) -> Result<Response<ResetResponse>, Status> {
-        metered(SERVICE, "Reset", async {
-            check_token(&request, self.token())?;
-            Err(ApiError::Unimplemented(
-                "Reset is served by follower clusters; this node belongs to the leader cluster"
-                    .into(),
-            ))
-        })
-        .await
+        metered(SERVICE, "Reset", self.reset_inner(request))
+            .await
+            .map(Response::new)
     }
 }
