@@ -593,7 +593,21 @@ async fn maintenance_needs_the_token_and_names_unknown_tables() {
         &["backup", "--token", TOKEN, "--dir", dir_arg],
     ));
     assert!(dir.path().join("manifest.json").exists());
-    // A run that fails half-way (the second table does not exist) leaves no manifest — not
+    // A run that fails at its first table leaves the previous backup as it was...
+    let previous = std::fs::read(dir.path().join("manifest.json")).expect("manifest");
+    assert_failure(
+        &armada_cli(
+            &armada.api,
+            Some(TOKEN),
+            &["backup", "--dir", dir_arg, "--tables", "a-missing,t"],
+        ),
+        "table a-missing: NotFound",
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("manifest.json")).expect("manifest"),
+        previous
+    );
+    // ...and one that fails half-way (the second table does not exist) leaves no manifest — not
     // even the previous one, whose files it may have overwritten — and no partial file.
     assert_failure(
         &armada_cli(
@@ -1199,6 +1213,93 @@ async fn a_hundred_thousand_keys_round_trip() {
         &["restore", "--dir", path_str(dir.path())],
     ));
     assert_eq!(read_table(&client, "big").await, contents);
+}
+
+/// Waits until the follower holds exactly the leader's `table`: same content hash (keys,
+/// values and revisions) and revision.
+async fn follower_converged(leader: &Client, follower: &Client, table: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let expected = table_states(leader).await.get(table).cloned();
+        let actual = table_states(follower).await.get(table).cloned();
+        if expected.is_some() && expected == actual {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower did not converge on {table}: leader {expected:?}, follower {actual:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A restore on the leader cluster reaches follower clusters (fresh revisions included);
+/// followers serve Reset and refuse Backup and Restore.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_reaches_follower_clusters_which_serve_reset_only() {
+    let token = ["--maintenance.token", TOKEN];
+    let leader_cluster = Cluster::start(1, &token);
+    let follower_cluster = Cluster::start_follower(1, &leader_cluster.node(1).replication, &token);
+    let leader = client(leader_cluster.node(1), Some(TOKEN)).await;
+    let follower = client(follower_cluster.node(1), Some(TOKEN)).await;
+    leader.create_table("t").await.expect("create");
+    let backed_up = keys("k", 50, "v1");
+    put_all(&leader, "t", &backed_up).await;
+    follower_converged(&leader, &follower, "t").await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir_arg = path_str(dir.path());
+    let leader_api = &leader_cluster.node(1).api;
+    assert_success(&armada_cli(
+        leader_api,
+        Some(TOKEN),
+        &["backup", "--dir", dir_arg],
+    ));
+    put_all(&leader, "t", &keys("k", 80, "v2")).await;
+    follower_converged(&leader, &follower, "t").await;
+    assert_success(&armada_cli(
+        leader_api,
+        Some(TOKEN),
+        &["restore", "--dir", dir_arg],
+    ));
+    follower_converged(&leader, &follower, "t").await;
+    assert_eq!(read_table(&follower, "t").await, backed_up);
+
+    // Backup and Restore belong to the leader cluster.
+    let follower_api = &follower_cluster.node(1).api;
+    assert_failure(
+        &armada_cli(follower_api, Some(TOKEN), &["backup", "--dir", dir_arg]),
+        "Unimplemented",
+    );
+    assert_failure(
+        &armada_cli(follower_api, Some(TOKEN), &["restore", "--dir", dir_arg]),
+        "Unimplemented",
+    );
+    // Reset: token checked, table named, the table rebuilt from the leader.
+    let reset = |table: &str, reset_all: bool| ResetRequest {
+        table: table.as_bytes().to_vec().into(),
+        reset_all,
+    };
+    let anonymous = client(follower_cluster.node(1), None).await;
+    let refused = anonymous.maintenance().reset(reset("t", false)).await;
+    assert_eq!(refused.expect_err("no token").code(), Code::Unauthenticated);
+    let unnamed = follower.maintenance().reset(reset("", false)).await;
+    assert_eq!(unnamed.expect_err("no table").code(), Code::InvalidArgument);
+    let unknown = follower.maintenance().reset(reset("nope", false)).await;
+    assert_eq!(unknown.expect_err("unknown").code(), Code::NotFound);
+    follower
+        .maintenance()
+        .reset(reset("t", false))
+        .await
+        .expect("reset");
+    follower_converged(&leader, &follower, "t").await;
+    follower
+        .maintenance()
+        .reset(reset("", true))
+        .await
+        .expect("reset all");
+    follower_converged(&leader, &follower, "t").await;
+    assert_eq!(read_table(&follower, "t").await, backed_up);
 }
 
 /// A memory figure of a process from `/proc/<pid>/status` (`VmHWM` peak, `VmRSS` now), bytes.

@@ -3,9 +3,10 @@
 //!
 //! Each table is one `Maintenance.Backup` stream (a point-in-time dump; writes continue
 //! meanwhile) written to a hidden temporary file while its MD5 and SHA-256 are computed, then
-//! fsynced and renamed. An old manifest in the directory is removed first, so the directory
-//! never pairs a manifest with files of another run; the new one is written last. Any failure
-//! stops the run with a non-zero exit and leaves no manifest.
+//! fsynced and renamed. An old manifest in the directory is removed just before the first file
+//! is renamed into place, so the directory never pairs a manifest with files of another run
+//! (and a run that fails before that leaves the previous backup intact); the new manifest is
+//! written last. Any failure stops the run with a non-zero exit.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -114,10 +115,9 @@ async fn backup(args: &TransferArgs) -> anyhow::Result<()> {
     let client = args.connect().await?;
     let started = now_rfc3339();
     let tables = tables_to_back_up(&client, &args.tables).await?;
-    remove_old_manifest(dir)?;
     let mut written = Vec::with_capacity(tables.len());
     for name in &tables {
-        let table = backup_table(&client, args, name)
+        let table = backup_table(&client, args, name, written.is_empty())
             .await
             .with_context(|| format!("table {name}"))?;
         if !args.json {
@@ -220,10 +220,13 @@ fn remove_old_manifest(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Streams one table into `<dir>/<table>.bak` (temporary name first, removed on failure).
+/// The `first` table's rename is preceded by removing an old manifest: from then on the
+/// directory no longer holds the previous backup.
 async fn backup_table(
     client: &Client,
     args: &TransferArgs,
     name: &str,
+    first: bool,
 ) -> anyhow::Result<TableBackup> {
     let file_name = format!("{name}.bak");
     let temporary = args.dir.join(format!(".{file_name}.partial"));
@@ -236,6 +239,9 @@ async fn backup_table(
             return Err(error);
         }
     };
+    if first {
+        remove_old_manifest(&args.dir)?;
+    }
     std::fs::rename(&temporary, args.dir.join(&file_name))?;
     sync_dir(&args.dir)?;
     let (md5, sha256) = checksums.finish();
