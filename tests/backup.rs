@@ -833,6 +833,12 @@ async fn a_damaged_backup_is_refused_before_any_table_is_touched() {
             vec!["--tables", "a,nope"],
         ),
         (
+            "--tables names an invalid table",
+            Box::new(|_: &Path| {}),
+            "invalid table name \"../a\"",
+            vec!["--tables", "../a"],
+        ),
+        (
             "checksums right, dump wrong",
             Box::new(|dir: &Path| {
                 // A hand-made file that is not a dump, with a manifest that matches it.

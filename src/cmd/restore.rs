@@ -19,7 +19,9 @@ use clap::Args;
 use serde_json::json;
 
 use super::backup::{TransferArgs, explain, megabytes_per_second};
-use super::backup_dir::{ChecksumReader, Checksums, Manifest, ManifestTable, table_file};
+use super::backup_dir::{
+    ChecksumReader, Checksums, Manifest, ManifestTable, check_table_name, table_file,
+};
 use super::kv::Output;
 
 /// Bytes per Restore message.
@@ -131,6 +133,9 @@ async fn restore(args: &TransferArgs) -> anyhow::Result<()> {
 
 /// The manifest entries chosen by `--tables` (all when empty), with their file sizes.
 fn select(manifest: &Manifest, args: &TransferArgs) -> anyhow::Result<Vec<Selected>> {
+    for name in &args.tables {
+        check_table_name(name).context("--tables")?;
+    }
     let wanted: BTreeSet<&str> = args.tables.iter().map(String::as_str).collect();
     let listed: BTreeSet<&str> = manifest.tables.iter().map(|t| t.name.as_str()).collect();
     let missing: Vec<&str> = wanted.difference(&listed).copied().collect();
