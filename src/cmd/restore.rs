@@ -72,21 +72,9 @@ async fn restore(args: &TransferArgs) -> anyhow::Result<()> {
     let mut restored: Vec<Restored> = Vec::new();
     for table in &selected {
         let started = Instant::now();
-        let revision = match restore_table(&client, args, table).await {
-            Ok(revision) => revision,
-            Err(error) => {
-                let done: Vec<&str> = restored.iter().map(|done| done.name.as_str()).collect();
-                return Err(error.context(format!(
-                    "table {} (already restored: {})",
-                    table.entry.name,
-                    if done.is_empty() {
-                        "none".to_string()
-                    } else {
-                        done.join(", ")
-                    }
-                )));
-            }
-        };
+        let revision = restore_table(&client, args, table)
+            .await
+            .map_err(|error| error.context(failed_at(table, &restored)))?;
         let done = Restored {
             name: table.entry.name.clone(),
             bytes: table.bytes,
@@ -105,6 +93,24 @@ async fn restore(args: &TransferArgs) -> anyhow::Result<()> {
         }
         restored.push(done);
     }
+    print_summary(args, &restored)
+}
+
+/// Which table failed, and which were restored before it.
+fn failed_at(table: &Selected, restored: &[Restored]) -> String {
+    let done: Vec<&str> = restored.iter().map(|done| done.name.as_str()).collect();
+    format!(
+        "table {} (already restored: {})",
+        table.entry.name,
+        if done.is_empty() {
+            "none".to_string()
+        } else {
+            done.join(", ")
+        }
+    )
+}
+
+fn print_summary(args: &TransferArgs, restored: &[Restored]) -> anyhow::Result<()> {
     let output = Output::new(args.json);
     if output.json {
         let tables: Vec<_> = restored
