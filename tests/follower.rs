@@ -90,17 +90,23 @@ async fn contents(node: &Armada, table: &str) -> BTreeMap<Vec<u8>, (Vec<u8>, i64
     let mut kv = node.kv().await;
     let mut out = BTreeMap::new();
     let mut from = vec![0u8];
+    let deadline = Instant::now() + CONVERGE_DEADLINE;
     loop {
-        let response = kv
-            .range(RangeRequest {
-                table: table.as_bytes().to_vec().into(),
-                key: from.clone().into(),
-                range_end: vec![0u8].into(),
-                ..Default::default()
-            })
-            .await
-            .expect("range")
-            .into_inner();
+        let request = RangeRequest {
+            table: table.as_bytes().to_vec().into(),
+            key: from.clone().into(),
+            range_end: vec![0u8].into(),
+            ..Default::default()
+        };
+        let response = match kv.range(request).await {
+            Ok(response) => response.into_inner(),
+            // Transient on a loaded machine (a deadline, a replica starting): read again.
+            Err(status) if Instant::now() < deadline && status.code() != Code::NotFound => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(status) => panic!("range on {}: {status:?}", node.api),
+        };
         for kv in &response.kvs {
             out.insert(
                 kv.key.to_vec(),
