@@ -312,7 +312,10 @@ async fn killing_the_replicating_follower_node_loses_and_repeats_nothing() {
         if let Some(leader) = leader {
             break leader;
         }
-        assert!(Instant::now() < deadline, "the follower group has no leader");
+        assert!(
+            Instant::now() < deadline,
+            "the follower group has no leader"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let writer = {
