@@ -4,6 +4,7 @@
 pub mod address;
 pub mod api;
 pub mod catalog;
+pub mod certificates;
 pub mod cluster;
 pub mod config;
 pub mod error;
