@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod follower;
 pub mod groups;
+pub mod listener;
 pub mod load;
 pub mod node;
 pub mod replication;
