@@ -35,12 +35,13 @@ impl Authority {
         }
     }
 
-    /// Writes a certificate for `node` (valid for 127.0.0.1, the address peers dial) and its key
-    /// into `dir`; returns (certificate file, key file).
-    fn issue(&self, dir: &Path, node: &str) -> (PathBuf, PathBuf) {
+    /// Writes node `node_id`'s certificate (DNS name `node-<id>`, which binds it to that node
+    /// id) and its key into `dir` as `<node>.crt`/`<node>.key`; returns (certificate file, key
+    /// file).
+    fn issue(&self, dir: &Path, node: &str, node_id: u64) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().expect("node key");
-        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])
-            .expect("node params");
+        let mut params =
+            CertificateParams::new(vec![format!("node-{node_id}")]).expect("node params");
         params.distinguished_name.push(DnType::CommonName, node);
         let certificate = params.signed_by(&key, &self.issuer).expect("node cert");
         let cert_file = dir.join(format!("{node}.crt"));
@@ -121,7 +122,7 @@ async fn a_peer_with_a_certificate_from_another_ca_cannot_join() {
         .collect();
     let good_args: Vec<Vec<String>> = (1..=3)
         .map(|id| {
-            let (cert, key) = cluster_ca.issue(&pki, &format!("node{id}"));
+            let (cert, key) = cluster_ca.issue(&pki, &format!("node{id}"), id);
             tls_args(&ca_file, &cert, &key)
         })
         .collect();
@@ -154,7 +155,7 @@ async fn a_peer_with_a_certificate_from_another_ca_cannot_join() {
     // Node 3 comes back with a certificate from another CA (it still trusts the cluster's CA,
     // so only its own certificate is wrong).
     nodes[2].terminate();
-    let (rogue_cert, rogue_key) = rogue_ca.issue(&pki, "node3-rogue");
+    let (rogue_cert, rogue_key) = rogue_ca.issue(&pki, "node3-rogue", 3);
     let refused_before: Vec<usize> = nodes[..2]
         .iter()
         .map(|node| refused_handshakes(node, &addresses[2]))

@@ -22,20 +22,31 @@ use tokio::io::AsyncWriteExt;
 use super::backup_dir::{
     Checksums, MANIFEST_FILE, Manifest, ManifestTable, check_table_name, now_rfc3339, sync_dir,
 };
-use super::kv::{Output, parse_duration};
+use super::kv::{Output, client_identity, parse_duration};
 
 /// Flags of `armada backup` and `armada restore`.
 #[derive(Args, Debug, Clone)]
 pub struct TransferArgs {
-    /// Server address: http://host:port, host:port, https://host:port or unix:///path.
+    /// Server address: http://host:port, host:port, https://host:port, unix:///path or
+    /// unixs:///path.
     #[arg(long, env = "ARMADA_ADDRESS", default_value = "http://127.0.0.1:8443")]
     pub address: String,
     /// Bearer token for the Maintenance API (the server's --maintenance.token).
     #[arg(long, env = "ARMADA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// PEM file of the CA that signed the server's certificate (https:// only).
+    /// PEM file of the CA that signed the server's certificate (https://, unixs:// only).
     #[arg(long, env = "ARMADA_CA")]
     pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for servers that require one (mutual TLS); needs --key.
+    #[arg(long = "cert", env = "ARMADA_CERT", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long = "key", env = "ARMADA_KEY", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+    /// Name the server's certificate must be valid for, instead of the address's host
+    /// (`localhost` for unixs://).
+    #[arg(long, env = "ARMADA_SERVER_NAME")]
+    pub server_name: Option<String>,
     /// The backup directory.
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
@@ -54,6 +65,8 @@ impl TransferArgs {
     pub async fn connect(&self) -> anyhow::Result<Client> {
         let options = ConnectOptions {
             ca_file: self.ca.clone(),
+            identity: client_identity(&self.cert_file, &self.key_file),
+            server_name: self.server_name.clone(),
             token: self.token.clone(),
             timeout: Some(self.timeout),
             connect_timeout: Some(self.timeout.min(armada_client::DEFAULT_CONNECT_TIMEOUT)),

@@ -163,6 +163,7 @@ impl BenchArgs {
             token: self.token.clone(),
             timeout: Some(self.timeout),
             connect_timeout: None,
+            ..ConnectOptions::default()
         }
     }
 }

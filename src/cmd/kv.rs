@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use armada_client::key_range::{RangeSelector, key_and_range_end};
 use armada_client::txn_script::parse_txn_script;
-use armada_client::{Bytes, Client, ConnectOptions};
+use armada_client::{Bytes, Client, ClientIdentity, ConnectOptions};
 use armada_proto::mvcc::v1::{KeyValue, ResponseOp, response_op::Response};
 use armada_proto::regatta::v1::{
     DeleteRangeRequest, DeleteRangeResponse, PutResponse, RangeRequest, RangeResponse, TxnRequest,
@@ -25,7 +25,8 @@ use serde_json::{Value, json};
 /// Connection and output flags of every client subcommand.
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
-    /// Server address: http://host:port, host:port, https://host:port or unix:///path.
+    /// Server address: http://host:port, host:port, https://host:port, unix:///path or
+    /// unixs:///path.
     #[arg(
         long,
         global = true,
@@ -36,9 +37,29 @@ pub struct ClientArgs {
     /// Bearer token sent with every call.
     #[arg(long, global = true, env = "ARMADA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// PEM file of the CA that signed the server's certificate (https:// only).
+    /// PEM file of the CA that signed the server's certificate (https://, unixs:// only).
     #[arg(long, global = true, env = "ARMADA_CA")]
     pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for servers that require one (mutual TLS); needs --key.
+    #[arg(
+        long = "cert",
+        global = true,
+        env = "ARMADA_CERT",
+        requires = "key_file"
+    )]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(
+        long = "key",
+        global = true,
+        env = "ARMADA_KEY",
+        requires = "cert_file"
+    )]
+    pub key_file: Option<PathBuf>,
+    /// Name the server's certificate must be valid for, instead of the address's host
+    /// (`localhost` for unixs://).
+    #[arg(long, global = true, env = "ARMADA_SERVER_NAME")]
+    pub server_name: Option<String>,
     /// Deadline of each call, e.g. 500ms, 10s, 1m.
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -52,6 +73,8 @@ impl ClientArgs {
     pub fn connect_options(&self) -> ConnectOptions {
         ConnectOptions {
             ca_file: self.ca.clone(),
+            identity: client_identity(&self.cert_file, &self.key_file),
+            server_name: self.server_name.clone(),
             token: self.token.clone(),
             timeout: Some(self.timeout),
             connect_timeout: Some(self.timeout.min(armada_client::DEFAULT_CONNECT_TIMEOUT)),
@@ -61,6 +84,20 @@ impl ClientArgs {
     /// Dials the server.
     pub async fn connect(&self) -> anyhow::Result<Client> {
         Ok(Client::connect_with(&self.address, &self.connect_options()).await?)
+    }
+}
+
+/// The client certificate of `--cert`/`--key` (clap makes them come together).
+pub fn client_identity(
+    cert_file: &Option<PathBuf>,
+    key_file: &Option<PathBuf>,
+) -> Option<ClientIdentity> {
+    match (cert_file, key_file) {
+        (Some(cert_file), Some(key_file)) => Some(ClientIdentity {
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+        }),
+        _ => None,
     }
 }
 

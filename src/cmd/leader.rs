@@ -36,6 +36,27 @@ pub struct ServerFlags {
     /// Address advertised to clients in MemberList [default: http://127.0.0.1:8443]
     #[arg(long = "api.advertise-address")]
     pub api_advertise_address: Option<String>,
+    /// API TLS (https://, unixs://): server certificate chain (PEM), re-read when it changes
+    #[arg(long = "api.cert-filename")]
+    pub api_cert_filename: Option<String>,
+    /// API TLS: private key (PEM) of the server certificate, re-read when it changes
+    #[arg(long = "api.key-filename")]
+    pub api_key_filename: Option<String>,
+    /// API mutual TLS: CA (PEM) verifying client certificates; clients must present one
+    #[arg(long = "api.ca-filename")]
+    pub api_ca_filename: Option<String>,
+    /// API mutual TLS: clients must present a certificate (verified against --api.ca-filename,
+    /// else the system's trust store) [default: false]
+    #[arg(long = "api.client-cert-auth", num_args = 0..=1, default_missing_value = "true")]
+    pub api_client_cert_auth: Option<String>,
+    /// API mutual TLS: a client certificate's subject CN must be this (excludes
+    /// --api.allowed-hostname)
+    #[arg(long = "api.allowed-cn")]
+    pub api_allowed_cn: Option<String>,
+    /// API mutual TLS: a client certificate must be valid for this host name or IP (excludes
+    /// --api.allowed-cn)
+    #[arg(long = "api.allowed-hostname")]
+    pub api_allowed_hostname: Option<String>,
     /// Metrics and health address [default: http://127.0.0.1:8079]
     #[arg(long = "rest.address")]
     pub rest_address: Option<String>,
@@ -81,9 +102,35 @@ pub struct ServerFlags {
     /// Follower: the leader cluster's replication address(es), comma separated URLs
     #[arg(long = "replication.leader-address")]
     pub replication_leader_address: Option<String>,
-    /// Follower: CA (PEM) that signed the leader's replication certificate
+    /// Leader: CA (PEM) verifying follower clusters' client certificates (they must present
+    /// one). Follower: CA (PEM) that signed the leader's replication certificate
     #[arg(long = "replication.ca-filename")]
     pub replication_ca_filename: Option<String>,
+    /// Leader: replication server certificate (PEM, re-read when it changes). Follower: client
+    /// certificate presented to the leader cluster
+    #[arg(long = "replication.cert-filename")]
+    pub replication_cert_filename: Option<String>,
+    /// Private key (PEM) of --replication.cert-filename
+    #[arg(long = "replication.key-filename")]
+    pub replication_key_filename: Option<String>,
+    /// Leader: follower clusters must present a client certificate (verified against
+    /// --replication.ca-filename, else the system's trust store) [default: false]
+    #[arg(
+        long = "replication.client-cert-auth",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub replication_client_cert_auth: Option<String>,
+    /// Leader: a follower's client certificate subject CN must be this
+    #[arg(long = "replication.allowed-cn")]
+    pub replication_allowed_cn: Option<String>,
+    /// Leader: a follower's client certificate must be valid for this host name or IP
+    #[arg(long = "replication.allowed-hostname")]
+    pub replication_allowed_hostname: Option<String>,
+    /// Follower: name the leader's certificate must be valid for (and SNI), instead of the
+    /// host of --replication.leader-address
+    #[arg(long = "replication.server-name")]
+    pub replication_server_name: Option<String>,
     /// Follower: how often the table set is reconciled with the leader's [default: 5s]
     #[arg(long = "replication.reconcile-interval")]
     pub replication_reconcile_interval: Option<String>,
@@ -114,6 +161,12 @@ impl ServerFlags {
             ("log-format", &self.log_format),
             ("api.address", &self.api_address),
             ("api.advertise-address", &self.api_advertise_address),
+            ("api.cert-filename", &self.api_cert_filename),
+            ("api.key-filename", &self.api_key_filename),
+            ("api.ca-filename", &self.api_ca_filename),
+            ("api.client-cert-auth", &self.api_client_cert_auth),
+            ("api.allowed-cn", &self.api_allowed_cn),
+            ("api.allowed-hostname", &self.api_allowed_hostname),
             ("rest.address", &self.rest_address),
             ("raft.node-id", &self.raft_node_id),
             ("raft.address", &self.raft_address),
@@ -133,6 +186,18 @@ impl ServerFlags {
                 &self.replication_leader_address,
             ),
             ("replication.ca-filename", &self.replication_ca_filename),
+            ("replication.cert-filename", &self.replication_cert_filename),
+            ("replication.key-filename", &self.replication_key_filename),
+            (
+                "replication.client-cert-auth",
+                &self.replication_client_cert_auth,
+            ),
+            ("replication.allowed-cn", &self.replication_allowed_cn),
+            (
+                "replication.allowed-hostname",
+                &self.replication_allowed_hostname,
+            ),
+            ("replication.server-name", &self.replication_server_name),
             (
                 "replication.reconcile-interval",
                 &self.replication_reconcile_interval,

@@ -131,14 +131,22 @@ impl Armada {
     fn launch(&mut self) {
         let _ = std::fs::remove_file(self.data_dir.join("listen.json"));
         let log = std::fs::File::create(self.data_dir.join("armada.log")).expect("log file");
+        // Loopback addresses on ports chosen by the OS, unless the test gives its own.
+        let default_addresses: Vec<&str> = [
+            ["--api.address", "http://127.0.0.1:0"],
+            ["--replication.address", "http://127.0.0.1:0"],
+            ["--rest.address", "http://127.0.0.1:0"],
+        ]
+        .into_iter()
+        .filter(|[flag, _]| !self.extra_args.iter().any(|arg| arg == flag))
+        .flatten()
+        .collect();
         let child = Command::new(env!("CARGO_BIN_EXE_armada"))
             .arg(self.subcommand)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.node_args)
-            .args(["--api.address", "http://127.0.0.1:0"])
-            .args(["--replication.address", "http://127.0.0.1:0"])
-            .args(["--rest.address", "http://127.0.0.1:0"])
+            .args(default_addresses)
             .args(["--log-level", "info"])
             .args(&self.extra_args)
             .env_remove("RUST_LOG")

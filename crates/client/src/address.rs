@@ -4,9 +4,9 @@
 //! - `http://host:port` — plaintext HTTP/2 over TCP;
 //! - `host:port` — the same (what etcdctl users type);
 //! - `https://host:port` — TLS, verified against `--ca` or the system's roots;
-//! - `unix:///absolute/path` or `unix:relative/path` — plaintext over a Unix socket.
-//!
-//! `unixs://` (TLS over a Unix socket) is a server option; the client does not dial it yet.
+//! - `unix:///absolute/path` or `unix:relative/path` — plaintext over a Unix socket;
+//! - `unixs:///absolute/path` or `unixs:relative/path` — TLS over a Unix socket; the server's
+//!   certificate is verified for the name `localhost` unless another server name is given.
 
 use crate::ClientError;
 
@@ -19,19 +19,27 @@ pub enum Target {
     Https { uri: String },
     /// Plaintext over a Unix socket; `uri` is `unix://path` as tonic expects it.
     Unix { uri: String },
+    /// TLS over the Unix socket `path`.
+    UnixTls { path: String },
 }
 
+/// The host name a `unixs://` server's certificate is verified for by default.
+pub const UNIX_TLS_DEFAULT_SERVER_NAME: &str = "localhost";
+
 impl Target {
-    /// The URI handed to the transport.
+    /// The URI handed to the transport. For TLS over a Unix socket, whose socket is dialled
+    /// by our own connector, it is `https://localhost`: the scheme turns TLS on and the host
+    /// is the default server name.
     pub fn uri(&self) -> &str {
         match self {
             Target::Http { uri } | Target::Https { uri } | Target::Unix { uri } => uri,
+            Target::UnixTls { .. } => "https://localhost",
         }
     }
 
     /// Whether the connection uses TLS.
     pub fn is_tls(&self) -> bool {
-        matches!(self, Target::Https { .. })
+        matches!(self, Target::Https { .. } | Target::UnixTls { .. })
     }
 }
 
@@ -45,10 +53,16 @@ pub fn parse_address(address: &str) -> Result<Target, ClientError> {
     if trimmed.is_empty() {
         return Err(invalid("the address is empty"));
     }
-    if trimmed.starts_with("unixs:") {
-        return Err(invalid(
-            "unixs:// (TLS over a Unix socket) is not supported by the client",
-        ));
+    if let Some(rest) = trimmed.strip_prefix("unixs:") {
+        let path = rest.strip_prefix("//").unwrap_or(rest);
+        if path.is_empty() {
+            return Err(invalid(
+                "the Unix socket path is empty (use unixs:///path/to/socket)",
+            ));
+        }
+        return Ok(Target::UnixTls {
+            path: path.to_owned(),
+        });
     }
     if let Some(rest) = trimmed.strip_prefix("unix:") {
         let path = rest.strip_prefix("//").unwrap_or(rest);
@@ -130,6 +144,15 @@ mod tests {
                 uri: "unix:///tmp/a".into()
             }
         );
+        let tls = parse_address("unixs:///run/armada.sock").unwrap();
+        assert_eq!(
+            tls,
+            Target::UnixTls {
+                path: "/run/armada.sock".into()
+            }
+        );
+        assert!(tls.is_tls());
+        assert_eq!(tls.uri(), "https://localhost");
     }
 
     #[test]
@@ -141,7 +164,7 @@ mod tests {
             "http://",
             "http://host:1/path",
             "unix://",
-            "unixs:///tmp/s",
+            "unixs://",
             "http://host:notaport",
             "host:70000",
             "http://[::1]:x",

@@ -22,7 +22,7 @@ use prost::bytes::Bytes;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::ClientError;
 use crate::address::{Target, parse_address};
@@ -38,15 +38,28 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How to reach a server beyond its address.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectOptions {
-    /// PEM file of the CA that signed the server's certificate (`https://` only); without it
-    /// the system's roots are used.
+    /// PEM file of the CA that signed the server's certificate (TLS addresses only); without
+    /// it the system's roots are used.
     pub ca_file: Option<PathBuf>,
+    /// Client certificate presented to servers that require one (mutual TLS; TLS addresses
+    /// only).
+    pub identity: Option<ClientIdentity>,
+    /// The name the server's certificate must be valid for (also sent as SNI), instead of the
+    /// address's host (`localhost` for `unixs://`). TLS addresses only.
+    pub server_name: Option<String>,
     /// Bearer token sent as `authorization: Bearer <token>` on every call.
     pub token: Option<String>,
     /// Deadline of each call (sent to the server as `grpc-timeout`); none by default.
     pub timeout: Option<Duration>,
     /// How long dialing may take; [`DEFAULT_CONNECT_TIMEOUT`] when `None`.
     pub connect_timeout: Option<Duration>,
+}
+
+/// A client certificate chain and its private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// Adds the bearer token and the deadline to every call.
@@ -144,7 +157,7 @@ pub async fn connect_channel(
     address: &str,
     options: &ConnectOptions,
 ) -> Result<Channel, ClientError> {
-    endpoint(address, options)?
+    dialer(address, options)?
         .connect()
         .await
         .map_err(|error| ClientError::Connect {
@@ -156,14 +169,45 @@ pub async fn connect_channel(
 /// A channel to `address` that dials on first use and re-dials after failures.
 /// HTTP/2 keepalive pings detect a dead link (a partition drops packets silently).
 pub fn lazy_channel(address: &str, options: &ConnectOptions) -> Result<Channel, ClientError> {
-    Ok(endpoint(address, options)?
+    let mut dialer = dialer(address, options)?;
+    dialer.endpoint = dialer
+        .endpoint
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+        .keep_alive_while_idle(true);
+    Ok(dialer.connect_lazy())
 }
 
-fn endpoint(address: &str, options: &ConnectOptions) -> Result<Endpoint, ClientError> {
+/// An endpoint, and the Unix socket to reach it through when tonic cannot dial it itself
+/// (TLS over a Unix socket).
+struct Dialer {
+    endpoint: Endpoint,
+    unix_socket: Option<PathBuf>,
+}
+
+impl Dialer {
+    async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
+        match &self.unix_socket {
+            None => self.endpoint.connect().await,
+            Some(path) => {
+                self.endpoint
+                    .connect_with_connector(UnixSocketConnector::new(path))
+                    .await
+            }
+        }
+    }
+
+    fn connect_lazy(&self) -> Channel {
+        match &self.unix_socket {
+            None => self.endpoint.connect_lazy(),
+            Some(path) => self
+                .endpoint
+                .connect_with_connector_lazy(UnixSocketConnector::new(path)),
+        }
+    }
+}
+
+fn dialer(address: &str, options: &ConnectOptions) -> Result<Dialer, ClientError> {
     let target = parse_address(address)?;
     let invalid = |reason: String| ClientError::InvalidAddress {
         address: address.to_owned(),
@@ -176,33 +220,102 @@ fn endpoint(address: &str, options: &ConnectOptions) -> Result<Endpoint, ClientE
     if let Some(timeout) = options.timeout {
         endpoint = endpoint.timeout(timeout);
     }
-    match (&target, &options.ca_file) {
-        (Target::Https { .. }, ca_file) => {
-            let tls = match ca_file {
-                Some(path) => {
-                    let pem = std::fs::read(path).map_err(|source| ClientError::CaFile {
-                        path: path.clone(),
-                        source,
-                    })?;
-                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
-                }
-                None => ClientTlsConfig::new().with_native_roots(),
-            };
-            endpoint = endpoint
-                .tls_config(tls)
+    if target.is_tls() {
+        endpoint =
+            endpoint
+                .tls_config(tls_config(options)?)
                 .map_err(|error| ClientError::Connect {
                     address: address.to_owned(),
                     detail: error_chain(&error),
                 })?;
+    } else {
+        let tls_option = [
+            (options.ca_file.is_some(), "a CA file"),
+            (options.identity.is_some(), "a client certificate"),
+            (options.server_name.is_some(), "a TLS server name"),
+        ]
+        .into_iter()
+        .find_map(|(given, what)| given.then_some(what));
+        if let Some(what) = tls_option {
+            return Err(invalid(format!(
+                "{what} was given but the address is not https:// or unixs://"
+            )));
         }
-        (_, Some(_)) => {
-            return Err(invalid(
-                "a CA file was given but the address is not https://".to_owned(),
-            ));
-        }
-        (_, None) => {}
     }
-    Ok(endpoint)
+    let unix_socket = match target {
+        Target::UnixTls { path } => Some(PathBuf::from(path)),
+        _ => None,
+    };
+    Ok(Dialer {
+        endpoint,
+        unix_socket,
+    })
+}
+
+/// The TLS settings of `options`: the CA (else the system's roots), the client certificate,
+/// the server name.
+fn tls_config(options: &ConnectOptions) -> Result<ClientTlsConfig, ClientError> {
+    let mut tls = match &options.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|source| ClientError::CaFile {
+                path: path.clone(),
+                source,
+            })?;
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+        }
+        None => ClientTlsConfig::new().with_native_roots(),
+    };
+    if let Some(identity) = &options.identity {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|source| ClientError::CertificateFile {
+                path: path.clone(),
+                source,
+            })
+        };
+        let certificate = read(&identity.cert_file)?;
+        let key = read(&identity.key_file)?;
+        tls = tls.identity(Identity::from_pem(certificate, key));
+    }
+    if let Some(name) = &options.server_name {
+        tls = tls.domain_name(name.clone());
+    }
+    Ok(tls)
+}
+
+/// Dials a Unix socket for tonic, which then runs TLS over it (the endpoint's `https://`).
+#[derive(Clone)]
+struct UnixSocketConnector {
+    path: std::sync::Arc<PathBuf>,
+}
+
+impl UnixSocketConnector {
+    fn new(path: &std::path::Path) -> UnixSocketConnector {
+        UnixSocketConnector {
+            path: std::sync::Arc::new(path.to_path_buf()),
+        }
+    }
+}
+
+impl tower_service::Service<tonic::codegen::http::Uri> for UnixSocketConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
+    type Error = std::io::Error;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: tonic::codegen::http::Uri) -> Self::Future {
+        let path = self.path.clone();
+        Box::pin(async move {
+            let stream = tokio::net::UnixStream::connect(path.as_path()).await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
+    }
 }
 
 /// A connection to one Armada (or Regatta) server.
@@ -238,7 +351,7 @@ impl Client {
     /// for long-lived clients such as follower forwarding.
     pub fn connect_lazy(address: &str, options: &ConnectOptions) -> Result<Client, ClientError> {
         let decorator = CallDecorator::new(options)?;
-        let channel = endpoint(address, options)?.connect_lazy();
+        let channel = dialer(address, options)?.connect_lazy();
         Ok(Client::from_channel(channel, decorator))
     }
 
@@ -517,13 +630,43 @@ mod tests {
             ..ConnectOptions::default()
         };
         assert!(matches!(
-            endpoint("http://127.0.0.1:1", &options),
+            dialer("http://127.0.0.1:1", &options),
             Err(ClientError::InvalidAddress { .. })
         ));
         assert!(matches!(
-            endpoint("https://127.0.0.1:1", &options),
+            dialer("https://127.0.0.1:1", &options),
             Err(ClientError::CaFile { .. })
         ));
+        assert!(matches!(
+            dialer("unixs:///tmp/armada.sock", &options),
+            Err(ClientError::CaFile { .. })
+        ));
+    }
+
+    #[test]
+    fn client_certificate_and_server_name_need_tls() {
+        let identity = ConnectOptions {
+            identity: Some(ClientIdentity {
+                cert_file: "/nonexistent/client.pem".into(),
+                key_file: "/nonexistent/client.key".into(),
+            }),
+            ..ConnectOptions::default()
+        };
+        let Err(ClientError::InvalidAddress { reason, .. }) =
+            dialer("unix:///tmp/armada.sock", &identity)
+        else {
+            panic!("a client certificate over a plaintext address");
+        };
+        assert!(reason.contains("client certificate"), "{reason}");
+        assert!(matches!(
+            dialer("https://127.0.0.1:1", &identity),
+            Err(ClientError::CertificateFile { .. })
+        ));
+        let named = ConnectOptions {
+            server_name: Some("leader.example".into()),
+            ..ConnectOptions::default()
+        };
+        assert!(dialer("http://127.0.0.1:1", &named).is_err());
     }
 
     #[tokio::test]

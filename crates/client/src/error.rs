@@ -6,12 +6,20 @@ use std::path::PathBuf;
 /// Everything that can go wrong between a caller and an Armada server.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The address is not one of `http://`, `https://`, `unix://` or `host:port`.
+    /// The address is not one of `http://`, `https://`, `unix://`, `unixs://` or `host:port`,
+    /// or TLS options were given for a plaintext address.
     #[error("invalid address {address:?}: {reason}")]
     InvalidAddress { address: String, reason: String },
     /// The CA file given for TLS cannot be read.
     #[error("cannot read the CA file {path}")]
     CaFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The client certificate or key file given for mutual TLS cannot be read.
+    #[error("cannot read the client certificate or key file {path}")]
+    CertificateFile {
         path: PathBuf,
         #[source]
         source: std::io::Error,

@@ -4,8 +4,9 @@
 //! black-box tests and (later) by follower clusters forwarding writes to the leader cluster.
 //!
 //! - [`Client::connect`] / [`Client::connect_with`] accept `http://host:port`, `host:port`
-//!   (plaintext), `https://host:port` (TLS: a CA file or the system's roots) and
-//!   `unix:///path` (see [`address`]).
+//!   (plaintext), `https://host:port` (TLS: a CA file or the system's roots; optionally a
+//!   client certificate for mutual TLS and a server name), `unix:///path` and
+//!   `unixs:///path` (TLS over a Unix socket) (see [`address`]).
 //! - Every call carries the optional bearer token and deadline of [`ConnectOptions`]; the
 //!   deadline travels as `grpc-timeout` so the server sees it too.
 //! - Message limits on the channel are [`MAX_MESSAGE_BYTES`] in both directions, above the
@@ -23,8 +24,9 @@ pub mod key_range;
 pub mod txn_script;
 
 pub use client::{
-    ApiChannel, Backup, ByteStream, CallDecorator, Client, ConnectOptions, DEFAULT_CONNECT_TIMEOUT,
-    MAX_MESSAGE_BYTES, REVISION_HEADER, RangeStream, connect_channel, lazy_channel,
+    ApiChannel, Backup, ByteStream, CallDecorator, Client, ClientIdentity, ConnectOptions,
+    DEFAULT_CONNECT_TIMEOUT, MAX_MESSAGE_BYTES, REVISION_HEADER, RangeStream, connect_channel,
+    lazy_channel,
 };
 pub use error::ClientError;
 

@@ -13,6 +13,8 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
+use crate::listener::{AllowedPeer, ClientAuth, ClientRoots, ListenerTls};
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct ServerConfig {
@@ -37,6 +39,19 @@ pub struct ServerConfig {
 pub struct ApiConfig {
     pub address: String,
     pub advertise_address: String,
+    /// TLS (`https://`, `unixs://` addresses): this server's certificate chain and key (PEM),
+    /// re-read when the files change.
+    pub cert_filename: String,
+    pub key_filename: String,
+    /// PEM CA verifying client certificates; when set, clients must present one.
+    pub ca_filename: String,
+    /// Clients must present a certificate (verified against `ca-filename`, else the system's
+    /// trust store).
+    pub client_cert_auth: bool,
+    /// A verified client certificate must have this subject CN.
+    pub allowed_cn: String,
+    /// A verified client certificate must be valid for this host name or IP.
+    pub allowed_hostname: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -84,8 +99,24 @@ pub struct ReplicationConfig {
     pub token: String,
     /// Follower: the leader cluster's replication address(es), URLs, comma separated.
     pub leader_address: String,
-    /// Follower: PEM CA that signed the leader's certificate (`https://`); default system roots.
+    /// Leader: PEM CA verifying the certificates follower clusters present (they must present
+    /// one). Follower: PEM CA that signed the leader's certificate (`https://`); default the
+    /// system's trust store.
     pub ca_filename: String,
+    /// Leader: the replication server's certificate chain and key (PEM, re-read when they
+    /// change). Follower: the client certificate and key presented to the leader cluster.
+    pub cert_filename: String,
+    pub key_filename: String,
+    /// Leader: followers must present a certificate (verified against `ca-filename`, else the
+    /// system's trust store).
+    pub client_cert_auth: bool,
+    /// Leader: a follower's verified certificate must have this subject CN.
+    pub allowed_cn: String,
+    /// Leader: a follower's verified certificate must be valid for this host name or IP.
+    pub allowed_hostname: String,
+    /// Follower: the name the leader's certificate must be valid for, instead of the host of
+    /// `leader-address` (also sent as SNI).
+    pub server_name: String,
     /// Follower: how often the table set is compared with the leader's (e.g. `5s`, `500ms`).
     pub reconcile_interval: String,
     /// Follower: snapshot bootstraps running at once on one node.
@@ -131,6 +162,12 @@ impl Default for ApiConfig {
         ApiConfig {
             address: "http://0.0.0.0:8443".into(),
             advertise_address: "http://127.0.0.1:8443".into(),
+            cert_filename: String::new(),
+            key_filename: String::new(),
+            ca_filename: String::new(),
+            client_cert_auth: false,
+            allowed_cn: String::new(),
+            allowed_hostname: String::new(),
         }
     }
 }
@@ -168,6 +205,12 @@ impl Default for ReplicationConfig {
             token: String::new(),
             leader_address: String::new(),
             ca_filename: String::new(),
+            cert_filename: String::new(),
+            key_filename: String::new(),
+            client_cert_auth: false,
+            allowed_cn: String::new(),
+            allowed_hostname: String::new(),
+            server_name: String::new(),
             reconcile_interval: "5s".into(),
             max_recovery_in_flight: 1,
             log_cache_size: 4096,
@@ -198,6 +241,114 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
+/// The schemes a follower may dial the leader cluster with.
+const LEADER_SCHEMES: &[&str] = &["http://", "https://", "unix://", "unixs://"];
+
+/// The TLS keys of one gRPC listener (`api.*`, or `replication.*` on a leader node).
+struct ListenerTlsKeys<'a> {
+    prefix: &'static str,
+    address: &'a str,
+    cert_filename: &'a str,
+    key_filename: &'a str,
+    ca_filename: &'a str,
+    client_cert_auth: bool,
+    allowed_cn: &'a str,
+    allowed_hostname: &'a str,
+}
+
+impl ListenerTlsKeys<'_> {
+    fn is_tls_address(&self) -> bool {
+        self.address.starts_with("https://") || self.address.starts_with("unixs://")
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let prefix = self.prefix;
+        if self.cert_filename.is_empty() != self.key_filename.is_empty() {
+            return Err(format!(
+                "invalid configuration: `{prefix}.cert-filename` and `{prefix}.key-filename` must be set together"
+            ));
+        }
+        if !self.allowed_cn.is_empty() && !self.allowed_hostname.is_empty() {
+            return Err(format!(
+                "invalid configuration: `{prefix}.allowed-cn` and `{prefix}.allowed-hostname` are mutually exclusive; set one"
+            ));
+        }
+        let allowed_key = match (self.allowed_cn.is_empty(), self.allowed_hostname.is_empty()) {
+            (false, _) => Some("allowed-cn"),
+            (_, false) => Some("allowed-hostname"),
+            _ => None,
+        };
+        if let Some(key) = allowed_key
+            && self.ca_filename.is_empty()
+            && !self.client_cert_auth
+        {
+            return Err(format!(
+                "invalid configuration key `{prefix}.{key}`: it checks client certificates, which are only asked for with `{prefix}.ca-filename` or `{prefix}.client-cert-auth`"
+            ));
+        }
+        if !self.allowed_hostname.is_empty()
+            && rustls::pki_types::ServerName::try_from(self.allowed_hostname).is_err()
+        {
+            return Err(format!(
+                "invalid configuration key `{prefix}.allowed-hostname`: `{}` is not a DNS name or IP address",
+                self.allowed_hostname
+            ));
+        }
+        if self.is_tls_address() {
+            if self.cert_filename.is_empty() {
+                return Err(format!(
+                    "invalid configuration key `{prefix}.cert-filename`: `{prefix}.address` {} serves TLS and needs `{prefix}.cert-filename` and `{prefix}.key-filename`",
+                    self.address
+                ));
+            }
+            return Ok(());
+        }
+        let set = [
+            ("cert-filename", !self.cert_filename.is_empty()),
+            ("ca-filename", !self.ca_filename.is_empty()),
+            ("client-cert-auth", self.client_cert_auth),
+            ("allowed-cn", !self.allowed_cn.is_empty()),
+            ("allowed-hostname", !self.allowed_hostname.is_empty()),
+        ];
+        if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
+            return Err(format!(
+                "invalid configuration key `{prefix}.{key}`: it applies to TLS, but `{prefix}.address` {} is plaintext (use https:// or unixs://)",
+                self.address
+            ));
+        }
+        Ok(())
+    }
+
+    /// The listener's TLS settings (after [`ListenerTlsKeys::check`]); `None` for plaintext.
+    fn listener_tls(&self) -> Option<ListenerTls> {
+        if !self.is_tls_address() || self.cert_filename.is_empty() {
+            return None;
+        }
+        let allowed = match (self.allowed_cn.is_empty(), self.allowed_hostname.is_empty()) {
+            (false, _) => Some(AllowedPeer::CommonName(self.allowed_cn.to_string())),
+            (_, false) => Some(AllowedPeer::Hostname(self.allowed_hostname.to_string())),
+            _ => None,
+        };
+        let client_auth = match (self.ca_filename.is_empty(), self.client_cert_auth) {
+            (false, _) => ClientAuth::Required {
+                roots: ClientRoots::File(PathBuf::from(self.ca_filename)),
+                allowed,
+            },
+            (true, true) => ClientAuth::Required {
+                roots: ClientRoots::System,
+                allowed,
+            },
+            (true, false) => ClientAuth::None,
+        };
+        Some(ListenerTls {
+            prefix: self.prefix,
+            cert_file: PathBuf::from(self.cert_filename),
+            key_file: PathBuf::from(self.key_filename),
+            client_auth,
+        })
+    }
+}
+
 /// Every dotted key, for the environment mapping and for `Status` (flat config map).
 pub const KEYS: &[&str] = &[
     "data-dir",
@@ -205,6 +356,12 @@ pub const KEYS: &[&str] = &[
     "log-format",
     "api.address",
     "api.advertise-address",
+    "api.cert-filename",
+    "api.key-filename",
+    "api.ca-filename",
+    "api.client-cert-auth",
+    "api.allowed-cn",
+    "api.allowed-hostname",
     "rest.address",
     "raft.node-id",
     "raft.address",
@@ -221,6 +378,12 @@ pub const KEYS: &[&str] = &[
     "replication.token",
     "replication.leader-address",
     "replication.ca-filename",
+    "replication.cert-filename",
+    "replication.key-filename",
+    "replication.client-cert-auth",
+    "replication.allowed-cn",
+    "replication.allowed-hostname",
+    "replication.server-name",
     "replication.reconcile-interval",
     "replication.max-recovery-in-flight",
     "replication.log-cache-size",
@@ -330,9 +493,12 @@ pub fn load(sources: Sources, base: ServerConfig) -> Result<ServerConfig, String
     Ok(config)
 }
 
-/// String-typed keys stay strings ("007" is a token, not a number); others parse leniently.
+/// String-typed keys stay strings ("007" is a token, not a number); numbers and booleans
+/// parse leniently.
 fn parse_value(key: &str, raw: &str) -> Value {
-    const NUMERIC: &[&str] = &[
+    const TYPED: &[&str] = &[
+        "api.client-cert-auth",
+        "replication.client-cert-auth",
         "raft.node-id",
         "raft.rtt",
         "raft.heartbeat-rtt",
@@ -342,7 +508,7 @@ fn parse_value(key: &str, raw: &str) -> Value {
         "replication.max-recovery-in-flight",
         "replication.log-cache-size",
     ];
-    if NUMERIC.contains(&key) {
+    if TYPED.contains(&key) {
         raw.parse::<Value>()
             .unwrap_or_else(|_| Value::from(raw.to_string()))
     } else {
@@ -426,9 +592,12 @@ impl ServerConfig {
                 return Err("invalid configuration key `replication.leader-address`: a follower must name the leader cluster's replication address".into());
             }
             for address in self.replication.leader_addresses() {
-                if !(address.starts_with("http://") || address.starts_with("https://")) {
+                if !LEADER_SCHEMES
+                    .iter()
+                    .any(|scheme| address.starts_with(scheme))
+                {
                     return Err(format!(
-                        "invalid configuration key `replication.leader-address`: `{address}` is not an http:// or https:// URL"
+                        "invalid configuration key `replication.leader-address`: `{address}` is not an http://, https://, unix:// or unixs:// URL"
                     ));
                 }
             }
@@ -450,7 +619,92 @@ impl ServerConfig {
             crate::address::ListenAddress::parse(value)
                 .map_err(|error| format!("invalid configuration key `{key}`: {error}"))?;
         }
+        self.api_tls_keys().check()?;
+        match self.role {
+            NodeRole::Leader => self.replication_tls_keys().check()?,
+            NodeRole::Follower => self.check_follower_replication_tls()?,
+        }
         Ok(())
+    }
+
+    /// On a follower the `replication.*` TLS keys configure the client that dials the leader
+    /// cluster; the server-side ones have nothing to apply to.
+    fn check_follower_replication_tls(&self) -> Result<(), String> {
+        let replication = &self.replication;
+        if replication.cert_filename.is_empty() != replication.key_filename.is_empty() {
+            return Err("invalid configuration: `replication.cert-filename` and `replication.key-filename` (the client certificate a follower presents) must be set together".into());
+        }
+        for (key, set) in [
+            ("replication.client-cert-auth", replication.client_cert_auth),
+            ("replication.allowed-cn", !replication.allowed_cn.is_empty()),
+            (
+                "replication.allowed-hostname",
+                !replication.allowed_hostname.is_empty(),
+            ),
+        ] {
+            if set {
+                return Err(format!(
+                    "invalid configuration key `{key}`: it secures the leader cluster's replication server; a follower node serves none"
+                ));
+            }
+        }
+        let client_tls = [
+            ("replication.ca-filename", &replication.ca_filename),
+            ("replication.cert-filename", &replication.cert_filename),
+            ("replication.server-name", &replication.server_name),
+        ];
+        if let Some((key, _)) = client_tls.iter().find(|(_, value)| !value.is_empty()) {
+            for address in replication.leader_addresses() {
+                if !(address.starts_with("https://") || address.starts_with("unixs://")) {
+                    return Err(format!(
+                        "invalid configuration key `{key}`: it applies to TLS, but `replication.leader-address` `{address}` is plaintext (use https:// or unixs://)"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn api_tls_keys(&self) -> ListenerTlsKeys<'_> {
+        let api = &self.api;
+        ListenerTlsKeys {
+            prefix: "api",
+            address: &api.address,
+            cert_filename: &api.cert_filename,
+            key_filename: &api.key_filename,
+            ca_filename: &api.ca_filename,
+            client_cert_auth: api.client_cert_auth,
+            allowed_cn: &api.allowed_cn,
+            allowed_hostname: &api.allowed_hostname,
+        }
+    }
+
+    fn replication_tls_keys(&self) -> ListenerTlsKeys<'_> {
+        let replication = &self.replication;
+        ListenerTlsKeys {
+            prefix: "replication",
+            address: &replication.address,
+            cert_filename: &replication.cert_filename,
+            key_filename: &replication.key_filename,
+            ca_filename: &replication.ca_filename,
+            client_cert_auth: replication.client_cert_auth,
+            allowed_cn: &replication.allowed_cn,
+            allowed_hostname: &replication.allowed_hostname,
+        }
+    }
+
+    /// How the client API listener is secured; `None` for plaintext.
+    pub fn api_tls(&self) -> Option<ListenerTls> {
+        self.api_tls_keys().listener_tls()
+    }
+
+    /// How a leader node's replication listener is secured; `None` for plaintext (and on a
+    /// follower node, which serves no replication API).
+    pub fn replication_server_tls(&self) -> Option<ListenerTls> {
+        match self.role {
+            NodeRole::Leader => self.replication_tls_keys().listener_tls(),
+            NodeRole::Follower => None,
+        }
     }
 
     pub fn is_follower(&self) -> bool {
@@ -622,6 +876,144 @@ mod tests {
         assert!(config.members().is_err());
         config.raft.initial_members = "1=a:1,1=b:2".into();
         assert!(config.members().is_err());
+    }
+
+    fn try_load(role: NodeRole, flags: &[(&str, &str)]) -> Result<ServerConfig, String> {
+        let mut all = vec![("raft.address", "127.0.0.1:1")];
+        all.extend_from_slice(flags);
+        let base = ServerConfig {
+            role,
+            ..ServerConfig::default()
+        };
+        load(sources(&[], &all, None), base)
+    }
+
+    #[test]
+    fn tls_listeners_need_a_certificate_and_consistent_settings() {
+        let leader = |flags: &[(&str, &str)]| try_load(NodeRole::Leader, flags);
+        let error = leader(&[("api.address", "https://127.0.0.1:0")]).expect_err("no cert");
+        assert!(error.contains("`api.cert-filename`"), "{error}");
+        let error = leader(&[("replication.address", "unixs:///tmp/r.sock")]).expect_err("no cert");
+        assert!(error.contains("`replication.cert-filename`"), "{error}");
+        let error = leader(&[
+            ("api.address", "https://127.0.0.1:0"),
+            ("api.cert-filename", "c.pem"),
+        ])
+        .expect_err("no key");
+        assert!(error.contains("`api.key-filename`"), "{error}");
+        let tls = [
+            ("api.address", "https://127.0.0.1:0"),
+            ("api.cert-filename", "c.pem"),
+            ("api.key-filename", "k.pem"),
+        ];
+        let with = |extra: &[(&str, &str)]| {
+            let mut flags = tls.to_vec();
+            flags.extend_from_slice(extra);
+            leader(&flags)
+        };
+        let error = with(&[
+            ("api.ca-filename", "ca.pem"),
+            ("api.allowed-cn", "a"),
+            ("api.allowed-hostname", "b.example"),
+        ])
+        .expect_err("both");
+        assert!(error.contains("mutually exclusive"), "{error}");
+        let error = with(&[("api.allowed-cn", "a")]).expect_err("no client certificates");
+        assert!(error.contains("`api.allowed-cn`"), "{error}");
+        let error = with(&[
+            ("api.client-cert-auth", "true"),
+            ("api.allowed-hostname", "a b"),
+        ])
+        .expect_err("bad hostname");
+        assert!(error.contains("`api.allowed-hostname`"), "{error}");
+        // TLS settings on a plaintext address are a mistake, not something to ignore.
+        let error = leader(&[("api.ca-filename", "ca.pem")]).expect_err("plaintext");
+        assert!(
+            error.contains("`api.ca-filename`") && error.contains("plaintext"),
+            "{error}"
+        );
+
+        let config = with(&[("api.ca-filename", "ca.pem"), ("api.allowed-cn", "a")]).expect("ok");
+        assert_eq!(
+            config.api_tls().expect("tls").client_auth,
+            ClientAuth::Required {
+                roots: ClientRoots::File("ca.pem".into()),
+                allowed: Some(AllowedPeer::CommonName("a".into())),
+            }
+        );
+        let config = with(&[("api.client-cert-auth", "true")]).expect("ok");
+        assert_eq!(
+            config.api_tls().expect("tls").client_auth,
+            ClientAuth::Required {
+                roots: ClientRoots::System,
+                allowed: None,
+            }
+        );
+        assert_eq!(
+            with(&[]).expect("ok").api_tls().expect("tls").client_auth,
+            ClientAuth::None
+        );
+        assert_eq!(leader(&[]).expect("plaintext").api_tls(), None);
+        // Booleans come from the environment too.
+        let config = load(
+            sources(
+                &[("API_CLIENT_CERT_AUTH", "true")],
+                &[
+                    ("raft.address", "127.0.0.1:1"),
+                    ("api.address", "unixs:///tmp/a.sock"),
+                    ("api.cert-filename", "c.pem"),
+                    ("api.key-filename", "k.pem"),
+                ],
+                None,
+            ),
+            ServerConfig::default(),
+        )
+        .expect("env bool");
+        assert!(config.api.client_cert_auth);
+    }
+
+    #[test]
+    fn replication_tls_keys_mean_the_client_side_on_a_follower() {
+        let follower = |flags: &[(&str, &str)]| {
+            let mut all = vec![("replication.leader-address", "https://leader:8444")];
+            all.extend_from_slice(flags);
+            try_load(NodeRole::Follower, &all)
+        };
+        let config = follower(&[
+            ("replication.ca-filename", "leader-ca.pem"),
+            ("replication.cert-filename", "client.pem"),
+            ("replication.key-filename", "client.key"),
+            ("replication.server-name", "leader.example"),
+        ])
+        .expect("client TLS");
+        assert_eq!(config.replication_server_tls(), None);
+        let error = follower(&[("replication.cert-filename", "client.pem")]).expect_err("no key");
+        assert!(error.contains("`replication.key-filename`"), "{error}");
+        let error = follower(&[("replication.allowed-cn", "x")]).expect_err("server side");
+        assert!(error.contains("`replication.allowed-cn`"), "{error}");
+        let error = try_load(
+            NodeRole::Follower,
+            &[
+                ("replication.leader-address", "http://leader:8444"),
+                ("replication.ca-filename", "leader-ca.pem"),
+            ],
+        )
+        .expect_err("plaintext leader");
+        assert!(error.contains("`replication.ca-filename`"), "{error}");
+        // On a leader the same keys secure its replication server.
+        let config = try_load(
+            NodeRole::Leader,
+            &[
+                ("replication.address", "https://0.0.0.0:8444"),
+                ("replication.cert-filename", "server.pem"),
+                ("replication.key-filename", "server.key"),
+                ("replication.ca-filename", "followers-ca.pem"),
+            ],
+        )
+        .expect("leader");
+        let tls = config.replication_server_tls().expect("tls");
+        assert_eq!(tls.cert_file, PathBuf::from("server.pem"));
+        assert!(matches!(tls.client_auth, ClientAuth::Required { .. }));
     }
 
     #[test]

@@ -4,11 +4,13 @@
 pub mod address;
 pub mod api;
 pub mod catalog;
+pub mod certificates;
 pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod follower;
 pub mod groups;
+pub mod listener;
 pub mod load;
 pub mod node;
 pub mod replication;

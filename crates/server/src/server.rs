@@ -20,6 +20,7 @@ use tonic::service::interceptor::InterceptedService;
 use crate::address::ListenAddress;
 use crate::api;
 use crate::config::ServerConfig;
+use crate::listener::Listener;
 use crate::node::Node;
 
 /// Largest request the API accepts (SPEC §2: requests over 4 MiB are refused by the transport).
@@ -39,6 +40,15 @@ pub async fn run(
     on_ready: impl FnOnce(&BoundAddresses) + Send,
 ) -> anyhow::Result<()> {
     let metrics = crate::telemetry::metrics_handle()?;
+    // Certificates are read before anything starts: a bad file fails start-up at once.
+    let api_tls = config
+        .api_tls()
+        .map(|tls| tls.server_config())
+        .transpose()?;
+    let replication_tls = config
+        .replication_server_tls()
+        .map(|tls| tls.server_config())
+        .transpose()?;
     let _ = std::fs::remove_file(config.data_dir.join(LISTEN_FILE));
     let node = Node::start(config.clone()).await?;
     if !node.wait_ready(Duration::from_secs(30)).await {
@@ -49,11 +59,18 @@ pub async fn run(
     }
 
     let (stop_sender, stop) = watch::channel(false);
-    let api_listener = Listener::bind(&config.api.address).await?;
+    let api_listener = Listener::bind("api.address", &config.api.address, api_tls).await?;
     // The replication API is the leader cluster's; follower nodes do not serve it.
     let replication_listener = match config.is_follower() {
         true => None,
-        false => Some(Listener::bind(&config.replication.address).await?),
+        false => Some(
+            Listener::bind(
+                "replication.address",
+                &config.replication.address,
+                replication_tls,
+            )
+            .await?,
+        ),
     };
     let rest_address = ListenAddress::parse(&config.rest.address).map_err(anyhow::Error::msg)?;
     let rest_listener = tokio::net::TcpListener::bind(rest_address.socket_address().await?).await?;
@@ -237,83 +254,4 @@ async fn create_initial_tables(node: &Arc<Node>) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// A bound gRPC listener: TCP or Unix socket.
-enum Listener {
-    Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener, std::path::PathBuf),
-}
-
-impl Listener {
-    async fn bind(url: &str) -> anyhow::Result<Listener> {
-        match ListenAddress::parse(url).map_err(anyhow::Error::msg)? {
-            ListenAddress::Tcp { tls: true, .. } | ListenAddress::Unix { tls: true, .. } => {
-                anyhow::bail!(
-                    "{url}: TLS listeners (https://, unixs://) are not supported by this build yet"
-                )
-            }
-            address @ ListenAddress::Tcp { .. } => {
-                let socket = address.socket_address().await?;
-                Ok(Listener::Tcp(
-                    tokio::net::TcpListener::bind(socket)
-                        .await
-                        .map_err(|error| anyhow::anyhow!("cannot listen on {url}: {error}"))?,
-                ))
-            }
-            ListenAddress::Unix { path, .. } => {
-                let _ = std::fs::remove_file(&path);
-                Ok(Listener::Unix(tokio::net::UnixListener::bind(&path)?, path))
-            }
-        }
-    }
-
-    fn url(&self) -> String {
-        match self {
-            Listener::Tcp(listener) => listener
-                .local_addr()
-                .map(|address| format!("http://{address}"))
-                .unwrap_or_default(),
-            Listener::Unix(_, path) => format!("unix://{}", path.display()),
-        }
-    }
-
-    async fn serve<R>(
-        self,
-        router: tonic::transport::server::Router<R>,
-        stop: impl Future<Output = ()>,
-    ) -> anyhow::Result<()>
-    where
-        R: tower_layer::Layer<tonic::service::Routes> + Clone,
-        R::Service: tower_service::Service<
-                http::Request<tonic::body::Body>,
-                Response = http::Response<tonic::body::Body>,
-            > + Clone
-            + Send
-            + 'static,
-        <R::Service as tower_service::Service<http::Request<tonic::body::Body>>>::Future:
-            Send + 'static,
-        <R::Service as tower_service::Service<http::Request<tonic::body::Body>>>::Error:
-            Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-    {
-        match self {
-            Listener::Tcp(listener) => {
-                // Small request/response messages: never wait for Nagle's algorithm.
-                let incoming = tokio_stream::StreamExt::map(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    |stream| {
-                        stream.inspect(|stream| {
-                            let _ = stream.set_nodelay(true);
-                        })
-                    },
-                );
-                router.serve_with_incoming_shutdown(incoming, stop).await?;
-            }
-            Listener::Unix(listener, _) => {
-                let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-                router.serve_with_incoming_shutdown(incoming, stop).await?;
-            }
-        }
-        Ok(())
-    }
 }

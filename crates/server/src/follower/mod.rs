@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use armada_client::{CallDecorator, ConnectOptions};
+use armada_client::{CallDecorator, ClientIdentity, ConnectOptions};
 use armada_proto::regatta::v1::kv_client::KvClient;
 use armada_proto::replication::v1::log_client::LogClient;
 use armada_proto::replication::v1::metadata_client::MetadataClient;
@@ -133,9 +133,15 @@ impl Follower {
     /// Connects (lazily) to the leader addresses and starts reconciling and replicating.
     pub fn start(node: &Arc<Node>) -> anyhow::Result<Arc<Follower>> {
         let config = &node.config.replication;
+        // On a follower the `replication.*` TLS keys configure this client (see `config`).
         let options = ConnectOptions {
             ca_file: (!config.ca_filename.is_empty())
                 .then(|| std::path::PathBuf::from(&config.ca_filename)),
+            identity: (!config.cert_filename.is_empty()).then(|| ClientIdentity {
+                cert_file: std::path::PathBuf::from(&config.cert_filename),
+                key_file: std::path::PathBuf::from(&config.key_filename),
+            }),
+            server_name: (!config.server_name.is_empty()).then(|| config.server_name.clone()),
             token: (!config.token.is_empty()).then(|| config.token.clone()),
             timeout: None,
             connect_timeout: Some(Duration::from_secs(2)),

@@ -24,7 +24,10 @@
 //!    `Hello(dialer PeerId: u64 BE)`; the acceptor answers `HelloAck(acceptor PeerId)` and both
 //!    finish the stream. The dialer checks the acceptor is the peer it meant to reach. The
 //!    acceptor serves no other stream before the hello (bounded by [`HELLO_TIMEOUT`]). In mutual
-//!    TLS mode a peer without a CA-signed certificate never gets this far.
+//!    TLS mode a peer without a CA-signed certificate never gets this far; the dialer dials
+//!    node `N` under the TLS server name `node-N`, and the acceptor closes the connection
+//!    instead of answering a hello whose `PeerId` the dialer's certificate does not name (see
+//!    [`super::tls`]).
 //! 2. **Call.** The caller opens a stream, sends `Call(request)` and finishes its side; the
 //!    acceptor answers with one of `Response(bytes)`, `RemoteError(message)`,
 //!    `TooLarge(what, size, limit)` or `ProtocolError(message)`, and finishes.
@@ -208,6 +211,8 @@ struct Inbound {
     connections: Mutex<BTreeMap<PeerId, quinn::Connection>>,
     /// Incoming connections being served, handshaking ones included.
     connections_open: AtomicUsize,
+    /// Mutual TLS: a dialer's certificate must name the node id of its hello.
+    authenticates_peers: bool,
 }
 
 impl QuicTransport {
@@ -230,6 +235,7 @@ impl QuicTransport {
         );
         assert!(limits.max_frame_bytes < u32::MAX as usize);
         let tls = config.tls.setup(config.node_id)?;
+        let authenticates_peers = tls.authenticates_peers;
         let transport_config = Arc::new(limits.transport_config()?);
 
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(tls.server));
@@ -257,6 +263,7 @@ impl QuicTransport {
             limits: limits.clone(),
             connections: Mutex::new(BTreeMap::new()),
             connections_open: AtomicUsize::new(0),
+            authenticates_peers,
         });
         tokio::spawn(accept_connections(endpoint.clone(), inbound.clone()));
 
@@ -667,9 +674,10 @@ async fn dial(
         .local_addr()
         .map_err(|error| format!("local address: {error}"))?;
     let remote_address = resolve(&link.address, local_address).await?;
-    let server_name = host_of(&link.address);
+    // The peer's certificate must name its node id (mutual TLS; see `super::tls`).
+    let server_name = super::tls::node_certificate_name(link.peer);
     let connecting = endpoint
-        .connect_with(client_config, remote_address, server_name)
+        .connect_with(client_config, remote_address, &server_name)
         .map_err(|error| format!("connecting to {}: {error}", link.address))?;
     let connection = connecting
         .await
@@ -695,15 +703,6 @@ async fn resolve(address: &str, local_address: SocketAddr) -> Result<SocketAddr,
         .or(candidates.first())
         .copied()
         .ok_or_else(|| format!("resolving {address}: no address"))
-}
-
-/// The host part of `host:port` (brackets of an IPv6 literal removed): the TLS server name.
-fn host_of(address: &str) -> &str {
-    let host = match address.rsplit_once(':') {
-        Some((host, _port)) => host,
-        None => address,
-    };
-    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 async fn exchange_hello(
@@ -884,7 +883,7 @@ async fn serve_connection(incoming: quinn::Incoming, inbound: &Arc<Inbound>) {
     };
     let hello = tokio::time::timeout(
         inbound.limits.hello_timeout,
-        receive_hello(&connection, inbound.node_id),
+        receive_hello(&connection, inbound),
     )
     .await;
     let from = match hello {
@@ -914,7 +913,10 @@ async fn serve_connection(incoming: quinn::Incoming, inbound: &Arc<Inbound>) {
     inbound.unregister(from, &connection);
 }
 
-async fn receive_hello(connection: &quinn::Connection, node_id: PeerId) -> Result<PeerId, String> {
+async fn receive_hello(
+    connection: &quinn::Connection,
+    inbound: &Inbound,
+) -> Result<PeerId, String> {
     let (mut send, mut receive) = connection
         .accept_bi()
         .await
@@ -926,10 +928,13 @@ async fn receive_hello(connection: &quinn::Connection, node_id: PeerId) -> Resul
         return Err(format!("expected a hello, got {:?}", hello.kind));
     }
     let from = frame::decode_peer_id(&hello.content).ok_or("a malformed hello")?;
+    if inbound.authenticates_peers {
+        super::tls::check_peer_certificate(connection, from)?;
+    }
     frame::write_frame(
         &mut send,
         FrameKind::HelloAck,
-        frame::encode_peer_id(node_id),
+        frame::encode_peer_id(inbound.node_id),
     )
     .await
     .map_err(|error| error.to_string())?;
@@ -1117,12 +1122,5 @@ mod unit_tests {
         assert_eq!(limits.reconnect_backoff(2), RECONNECT_BACKOFF_INITIAL * 2);
         assert_eq!(limits.reconnect_backoff(3), RECONNECT_BACKOFF_INITIAL * 4);
         assert_eq!(limits.reconnect_backoff(40), RECONNECT_BACKOFF_MAX);
-    }
-
-    #[test]
-    fn the_server_name_is_the_host_of_the_address() {
-        assert_eq!(host_of("node-1.example:7433"), "node-1.example");
-        assert_eq!(host_of("127.0.0.1:7433"), "127.0.0.1");
-        assert_eq!(host_of("[::1]:7433"), "::1");
     }
 }

@@ -656,11 +656,15 @@ impl Authority {
         }
     }
 
-    /// Issues a certificate for `localhost`/`127.0.0.1` to `node` and returns its TLS mode.
+    /// Issues node `node`'s certificate (DNS name `node-<node>`) and returns its TLS mode.
     fn node_tls(&self, node: PeerId) -> TlsMode {
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .expect("params");
+        self.issue(node, &super::tls::node_certificate_name(node))
+    }
+
+    /// Issues a certificate carrying the DNS name `name` into node `node`'s files (replacing
+    /// them, renamed into place) and returns the TLS mode naming those files.
+    fn issue(&self, node: PeerId, name: &str) -> TlsMode {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, format!("armada node {node}"));
@@ -676,8 +680,11 @@ impl Authority {
         let key_file = self
             .directory
             .join(format!("{}-node-{node}.key", self.name));
-        std::fs::write(&cert_file, certificate.pem()).expect("write");
-        std::fs::write(&key_file, key.serialize_pem()).expect("write");
+        let temporary = self.directory.join("rotation.tmp");
+        std::fs::write(&temporary, certificate.pem()).expect("write");
+        std::fs::rename(&temporary, &cert_file).expect("rename");
+        std::fs::write(&temporary, key.serialize_pem()).expect("write");
+        std::fs::rename(&temporary, &key_file).expect("rename");
         TlsMode::Mutual {
             ca_file: self.directory.join(format!("{}-ca.pem", self.name)),
             cert_file,
@@ -729,15 +736,7 @@ async fn mutual_tls_refuses_a_certificate_from_another_ca_and_no_certificate() {
     ];
     introduce(&nodes);
     let short = Duration::from_secs(3);
-    let refused = |result: Result<Bytes, TransportError>| {
-        assert!(
-            matches!(
-                result,
-                Err(TransportError::Unreachable { .. } | TransportError::Timeout { .. })
-            ),
-            "{result:?}"
-        );
-    };
+    let refused = assert_refused;
     // The stranger's certificate is refused by node 1, and node 1's by the stranger.
     refused(
         nodes[1]
@@ -753,6 +752,169 @@ async fn mutual_tls_refuses_a_certificate_from_another_ca_and_no_certificate() {
     );
     // Nothing reached node 1's handler: it has no incoming connection.
     assert_eq!(nodes[0].inbound_connection_count(), 0);
+    shutdown(&nodes).await;
+}
+
+fn assert_refused(result: Result<Bytes, TransportError>) {
+    assert!(
+        matches!(
+            result,
+            Err(TransportError::Unreachable { .. } | TransportError::Timeout { .. })
+        ),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_node_refuses_to_start_with_a_certificate_that_is_not_its_own() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let authority = Authority::new(directory.path(), "cluster");
+    let config = QuicConfig {
+        node_id: 3,
+        listen: localhost(),
+        peers: BTreeMap::new(),
+        tls: authority.issue(3, &super::tls::node_certificate_name(2)),
+    };
+    let started = QuicTransport::start(config, Arc::new(EchoHandler::new(3))).await;
+    let Err(TransportError::Setup(reason)) = started else {
+        panic!("node 3 started with node 2's certificate");
+    };
+    assert!(reason.contains("node-3"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_dialer_refuses_an_acceptor_whose_certificate_is_another_nodes() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let authority = Authority::new(directory.path(), "cluster");
+    let nodes = vec![
+        start_with_tls(1, authority.node_tls(1)).await,
+        start_with_tls(2, authority.node_tls(2)).await,
+    ];
+    // Node 1 believes node 3 lives at node 2's address: the TLS handshake itself fails (node
+    // 2's certificate does not name node 3), before any hello could be believed.
+    nodes[0].set_peer_address(3, nodes[1].local_addr().expect("address").to_string());
+    let result = nodes[0]
+        .call(3, Bytes::from_static(b"are you 3?"), Duration::from_secs(3))
+        .await;
+    let Err(TransportError::Unreachable { reason, .. }) = &result else {
+        panic!("{result:?}");
+    };
+    assert!(reason.contains("certificate"), "{reason}");
+    assert!(
+        !reason.contains("hello"),
+        "refused by the hello, not by TLS: {reason}"
+    );
+    shutdown(&nodes).await;
+}
+
+#[tokio::test]
+async fn the_acceptor_refuses_a_hello_its_certificate_does_not_name() {
+    // A dialer holding node 2's certificate whose hello claims node 3 (a transport would not
+    // start so; this one is built by hand from node 2's TLS configuration).
+    let directory = tempfile::tempdir().expect("tempdir");
+    let authority = Authority::new(directory.path(), "cluster");
+    let acceptor = start_with_tls(1, authority.node_tls(1)).await;
+    let tls = authority.node_tls(2).setup(2).expect("setup");
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("address")).expect("endpoint");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(tls.client)));
+    let connection = endpoint
+        .connect(acceptor.local_addr().expect("address"), "node-1")
+        .expect("connect")
+        .await
+        .expect("the TLS handshake itself succeeds: the certificate is CA-signed");
+    let (mut send, mut receive) = connection.open_bi().await.expect("stream");
+    super::frame::write_frame(
+        &mut send,
+        super::frame::FrameKind::Hello,
+        super::frame::encode_peer_id(3),
+    )
+    .await
+    .expect("hello");
+    let _ = send.finish();
+    let answer = super::frame::read_frame(&mut receive, 8).await;
+    assert!(answer.is_err(), "node 1 answered a lying hello: {answer:?}");
+    let reason = connection.closed().await;
+    assert!(
+        reason.to_string().contains("claims to be node 3"),
+        "{reason}"
+    );
+    assert_eq!(acceptor.inbound_connection_count(), 0);
+    acceptor.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_is_used_for_new_connections() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let authority = Authority::new(directory.path(), "cluster");
+    let stranger = Authority::new(directory.path(), "stranger");
+    let nodes = vec![
+        start_with_tls(1, authority.node_tls(1)).await,
+        start_with_tls(2, authority.node_tls(2)).await,
+    ];
+    introduce(&nodes);
+    nodes[1]
+        .call(1, Bytes::from_static(b"before"), TIMEOUT)
+        .await
+        .expect("2 → 1");
+    // Node 2's files now hold a certificate of another CA (in its own file names): once node 2
+    // has re-read them, its new connections (both directions) are refused by node 1. The
+    // established one keeps working meanwhile.
+    let TlsMode::Mutual {
+        cert_file,
+        key_file,
+        ..
+    } = stranger.node_tls(2)
+    else {
+        unreachable!("mutual");
+    };
+    std::fs::rename(&cert_file, directory.path().join("cluster-node-2.pem")).expect("rename");
+    std::fs::rename(&key_file, directory.path().join("cluster-node-2.key")).expect("rename");
+    nodes[1]
+        .call(1, Bytes::from_static(b"established"), TIMEOUT)
+        .await
+        .expect("the established connection keeps its identity");
+    let short = Duration::from_millis(500);
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let node_1 = nodes[0].local_addr().expect("address").to_string();
+    loop {
+        // A fresh connection each time.
+        nodes[1].set_peer_address(1, node_1.clone());
+        if nodes[1]
+            .call(1, Bytes::from_static(b"new"), short)
+            .await
+            .is_err()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 2 still connects with its old certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Rotated again, to a proper certificate from the cluster's CA: new connections work.
+    authority.node_tls(2);
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        nodes[1].set_peer_address(1, node_1.clone());
+        if nodes[1]
+            .call(1, Bytes::from_static(b"new"), short)
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 2 does not use its renewed certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    nodes[0]
+        .call(2, Bytes::from_static(b"back"), TIMEOUT)
+        .await
+        .expect("1 → 2 with node 2's renewed certificate");
     shutdown(&nodes).await;
 }
 

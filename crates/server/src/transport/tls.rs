@@ -8,11 +8,22 @@
 //!   belongs to whoever holds that certificate's key), and the acceptor asks for none. Anyone who
 //!   can reach the port can join the conversation; never use it across an untrusted network.
 //! - **Mutual** (production, `--raft.ca-filename/--raft.cert-filename/--raft.key-filename`): both
-//!   sides present a certificate chain signed by the cluster's CA and verify the other's. The
-//!   dialer also checks the acceptor's certificate against the host it dialled (the host part of
-//!   the peer's `host:port`), so node certificates must name that host (a DNS name or an IP
-//!   address SAN). A peer without a valid certificate fails the handshake; it never reaches a
-//!   handler. Every CA-signed node is trusted to state its own `PeerId` in the hello.
+//!   sides present a certificate chain signed by the cluster's CA and verify the other's. A
+//!   peer without a valid certificate fails the handshake; it never reaches a handler.
+//!
+//!   **A certificate is bound to a node id**: node `N`'s certificate must carry the DNS name
+//!   [`node_certificate_name`]`(N)` = `node-N` as a subject alternative name. The dialer uses
+//!   `node-N` as the TLS server name when it dials node `N` (so rustls refuses an acceptor
+//!   whose certificate is another node's), and the acceptor checks, before it answers the
+//!   hello, that the dialer's certificate names the node id the hello claims
+//!   ([`check_peer_certificate`]). So a node holding a CA-signed certificate can only ever act
+//!   as the node its certificate names. The certificate need not name the node's host or IP:
+//!   addresses may change, identities do not. Use one CA per cluster (node ids repeat across
+//!   clusters).
+//! - Certificate and key files are re-read when they change
+//!   ([`crate::certificates::ReloadingIdentity`]): new connections, dialled or accepted, use the
+//!   new identity; established ones keep theirs. The CA file is read once, at start-up. Dials
+//!   never resume a TLS session, so every new connection is authenticated afresh.
 //!
 //! The crypto provider is rustls' `ring` provider, passed explicitly (no process-wide default),
 //! and only TLS 1.3 is offered. The ALPN protocol is [`ALPN_PROTOCOL`].
@@ -21,17 +32,23 @@
 //! key stable across restarts lets a restarted node reset its peers' connections to its previous
 //! incarnation at once (RFC 9000 §10.3), instead of letting them wait for the idle timeout.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 
 use super::{PeerId, TransportError};
+use crate::certificates::{self, CertificateError, ReloadingIdentity};
+
+/// The DNS name (subject alternative name) a node's certificate must carry in mutual TLS mode,
+/// and the TLS server name a dialer expects of that node.
+pub fn node_certificate_name(node_id: PeerId) -> String {
+    format!("node-{node_id}")
+}
 
 /// The ALPN protocol of the cluster transport; the `/1` is the wire format's version.
 pub const ALPN_PROTOCOL: &[u8] = b"armada-raft/1";
@@ -55,12 +72,15 @@ pub(super) struct TlsSetup {
     pub(super) client: quinn::crypto::rustls::QuicClientConfig,
     /// Secret material for the endpoint's stateless-reset key, stable across restarts.
     pub(super) reset_secret: [u8; 32],
+    /// Whether peers present certificates that bind them to their node id (mutual TLS).
+    pub(super) authenticates_peers: bool,
 }
 
 impl TlsMode {
     /// Builds the server and client configurations for node `node_id`.
     pub(super) fn setup(&self, node_id: PeerId) -> Result<TlsSetup, TransportError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let authenticates_peers = matches!(self, TlsMode::Mutual { .. });
         let (server, client, reset_secret) = match self {
             TlsMode::SelfSigned => {
                 let (chain, key) = generate_identity(node_id)?;
@@ -82,9 +102,14 @@ impl TlsMode {
                 cert_file,
                 key_file,
             } => {
-                let roots = Arc::new(load_roots(ca_file)?);
-                let chain = load_chain(cert_file)?;
-                let key = load_key(key_file)?;
+                let roots = Arc::new(certificates::load_roots(ca_file).map_err(file_error)?);
+                let identity = Arc::new(
+                    ReloadingIdentity::load(cert_file, key_file, provider.clone())
+                        .map_err(file_error)?,
+                );
+                check_names_node(&identity.leaf(), node_id, cert_file)?;
+                // From the key read at start-up: stable across restarts unless the key changes.
+                let key = certificates::load_key(key_file).map_err(file_error)?;
                 let reset_secret = derive_secret(b"mutual", key.secret_der());
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
@@ -92,12 +117,10 @@ impl TlsMode {
                         .map_err(|error| setup_error("the CA file", error))?;
                 let server = server_builder(&provider)?
                     .with_client_cert_verifier(verifier)
-                    .with_single_cert(chain.clone(), key.clone_key())
-                    .map_err(|error| setup_error("the certificate and key files", error))?;
+                    .with_cert_resolver(identity.clone());
                 let client = client_builder(&provider)?
                     .with_root_certificates(roots)
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|error| setup_error("the certificate and key files", error))?;
+                    .with_client_cert_resolver(identity);
                 (server, client, reset_secret)
             }
         };
@@ -105,12 +128,60 @@ impl TlsMode {
             server: quic_server_config(server)?,
             client: quic_client_config(client)?,
             reset_secret,
+            authenticates_peers,
         })
     }
 }
 
 fn setup_error(what: &str, error: impl std::fmt::Display) -> TransportError {
     TransportError::Setup(format!("TLS: {what}: {error}"))
+}
+
+fn file_error(error: CertificateError) -> TransportError {
+    TransportError::Setup(format!("TLS: {error}"))
+}
+
+/// Start-up check: this node's own certificate names this node (else every peer would refuse
+/// it, which is much harder to diagnose from their logs).
+fn check_names_node(
+    leaf: &CertificateDer<'_>,
+    node_id: PeerId,
+    cert_file: &Path,
+) -> Result<(), TransportError> {
+    certificate_names_node(leaf, node_id).map_err(|reason| {
+        TransportError::Setup(format!(
+            "TLS: certificate file {}: {reason} (a node's certificate must carry the DNS name `{}`)",
+            cert_file.display(),
+            node_certificate_name(node_id)
+        ))
+    })
+}
+
+/// Whether `leaf` carries the DNS name of node `node_id`.
+fn certificate_names_node(leaf: &CertificateDer<'_>, node_id: PeerId) -> Result<(), String> {
+    let name = ServerName::try_from(node_certificate_name(node_id))
+        .map_err(|error| format!("node name: {error}"))?;
+    let parsed = rustls::server::ParsedCertificate::try_from(leaf)
+        .map_err(|error| format!("unreadable certificate: {error}"))?;
+    rustls::client::verify_server_name(&parsed, &name)
+        .map_err(|_| format!("the certificate is not node {node_id}'s"))
+}
+
+/// Acceptor side of the node-id binding: the certificate a dialer presented (already verified
+/// against the CA by rustls) must name the node id its hello claims.
+pub(super) fn check_peer_certificate(
+    connection: &quinn::Connection,
+    claimed: PeerId,
+) -> Result<(), String> {
+    let identity = connection
+        .peer_identity()
+        .ok_or("the peer presented no certificate")?;
+    let chain = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| "the peer's identity is not a certificate chain".to_string())?;
+    let leaf = chain.first().ok_or("the peer presented no certificate")?;
+    certificate_names_node(leaf, claimed)
+        .map_err(|reason| format!("it claims to be node {claimed}, but {reason}"))
 }
 
 fn server_builder(
@@ -141,6 +212,10 @@ fn quic_client_config(
     mut config: rustls::ClientConfig,
 ) -> Result<quinn::crypto::rustls::QuicClientConfig, TransportError> {
     config.alpn_protocols = vec![ALPN_PROTOCOL.to_vec()];
+    // Every dial is a full handshake: a resumed session would carry the identity of the
+    // connection that issued its ticket, so a rotated certificate (or a node that should no
+    // longer be trusted) would not be re-checked. Nodes dial rarely; resumption buys nothing.
+    config.resumption = rustls::client::Resumption::disabled();
     quinn::crypto::rustls::QuicClientConfig::try_from(config)
         .map_err(|error| setup_error("QUIC client", error))
 }
@@ -149,38 +224,11 @@ fn quic_client_config(
 fn generate_identity(
     node_id: PeerId,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TransportError> {
-    let names = vec![format!("armada-node-{node_id}"), "localhost".to_string()];
+    let names = vec![node_certificate_name(node_id), "localhost".to_string()];
     let certified = rcgen::generate_simple_self_signed(names)
         .map_err(|error| setup_error("generating a self-signed certificate", error))?;
     let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
     Ok((vec![certified.cert.der().clone()], key.into()))
-}
-
-fn load_roots(path: &PathBuf) -> Result<rustls::RootCertStore, TransportError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in load_chain(path)? {
-        roots
-            .add(certificate)
-            .map_err(|error| setup_error(&format!("CA file {}", path.display()), error))?;
-    }
-    Ok(roots)
-}
-
-fn load_chain(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, TransportError> {
-    let context = || format!("certificate file {}", path.display());
-    let chain = CertificateDer::pem_file_iter(path)
-        .map_err(|error| setup_error(&context(), error))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| setup_error(&context(), error))?;
-    if chain.is_empty() {
-        return Err(setup_error(&context(), "no certificate in the file"));
-    }
-    Ok(chain)
-}
-
-fn load_key(path: &PathBuf) -> Result<PrivateKeyDer<'static>, TransportError> {
-    PrivateKeyDer::from_pem_file(path)
-        .map_err(|error| setup_error(&format!("key file {}", path.display()), error))
 }
 
 /// SHA-256 over a domain label and the node's secret material.
