@@ -447,3 +447,42 @@ async fn follower_lag_and_readiness_are_visible() {
     assert!(status.replication_leader_index >= status.replication_applied_index);
     assert_eq!(status.replication_applied_index, status.revision);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reset_re_bootstraps_a_table_to_the_leaders_exact_state() {
+    use armada_proto::maintenance::v1::ResetRequest;
+    use armada_proto::maintenance::v1::maintenance_client::MaintenanceClient;
+    let leader = start_leader(&[]);
+    let leader = leader.node(1);
+    leader.create_table("policy").await;
+    write_keys(leader, "policy", "k", 300, 4).await;
+    let follower = Cluster::start_follower(1, &leader.replication, &[]);
+    let follower = follower.node(1);
+    let hash = wait_converged(leader, &[follower], "policy").await;
+    let before = table_status(follower, "policy")
+        .await
+        .expect("status")
+        .replication_snapshot_recoveries;
+
+    MaintenanceClient::new(follower.channel().await)
+        .reset(ResetRequest {
+            table: "policy".into(),
+            reset_all: false,
+        })
+        .await
+        .expect("reset");
+    // Reset returns once the table holds the leader's data again, from a fresh snapshot.
+    let status = table_status(follower, "policy").await.expect("status");
+    assert!(
+        status.replication_snapshot_recoveries > before,
+        "{status:?}"
+    );
+    assert_eq!(status.content_hash, hash);
+    assert_eq!(
+        contents(follower, "policy").await,
+        contents(leader, "policy").await
+    );
+    // And it keeps replicating afterwards.
+    write_keys(leader, "policy", "after", 20, 2).await;
+    wait_converged(leader, &[follower], "policy").await;
+}

@@ -17,7 +17,8 @@ use openraft::async_runtime::WatchReceiver;
 use std::time::Duration;
 
 use armada_proto::replication::v1::{
-    ReplicateCommand, ReplicateError, ReplicateRequest, SnapshotRequest, replicate_response,
+    ReplicateCommand, ReplicateError, ReplicateRequest, ReplicateResponse, SnapshotRequest,
+    replicate_response,
 };
 use armada_table::pb;
 use bytes::Bytes;
@@ -40,6 +41,10 @@ const SEQUENCE_BYTES: usize = 1024 * 1024;
 /// A stream that delivers nothing (not even the leader's ~1 s heartbeat) for this long is
 /// treated as a dead link and reopened.
 const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Messages received ahead of the proposer.
+const RECEIVE_QUEUE: usize = 256;
+/// Up to this many bytes of already-received commands go into one round of proposals.
+const MERGE_BYTES: usize = 4 * 1024 * 1024;
 /// Pause after a stream that ended without news (a leader that does not long-poll).
 const IDLE_PAUSE: Duration = Duration::from_millis(50);
 /// Retry pauses after a failed session.
@@ -47,6 +52,15 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Extra wait after `LEADER_BEHIND` (this replica is ahead of the leader's log).
 const LEADER_BEHIND_PAUSE: Duration = Duration::from_secs(1);
+
+/// Aborts a task when dropped (the session's stream reader ends with its session).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// Starts a worker for every running table and stops those of removed tables.
 pub async fn supervise(follower: Arc<Follower>) {
@@ -132,16 +146,37 @@ async fn session(
             return Err(format!("Log.Replicate: {}", status.message()));
         }
     };
-    let mut news = false;
-    loop {
-        let message = match tokio::time::timeout(STREAM_IDLE_TIMEOUT, stream.message()).await {
-            Ok(Ok(Some(message))) => message,
-            Ok(Ok(None)) => break,
-            Ok(Err(status)) => {
-                return Err(format!("Log.Replicate stream: {}", status.message()));
+    // A reader task keeps receiving while a batch is being proposed, so that everything that
+    // arrived meanwhile is merged into the next proposal: with a long poll each message holds
+    // only the few entries applied since the last one, and one Raft round per message would
+    // fall behind a busy leader.
+    let (sender, mut received) = tokio::sync::mpsc::channel(RECEIVE_QUEUE);
+    let reader = tokio::spawn(async move {
+        loop {
+            let next = match tokio::time::timeout(STREAM_IDLE_TIMEOUT, stream.message()).await {
+                Ok(Ok(Some(message))) => Ok(message),
+                Ok(Ok(None)) => return,
+                Ok(Err(status)) => Err(format!("Log.Replicate stream: {}", status.message())),
+                Err(_) => Err("Log.Replicate stream went silent".to_string()),
+            };
+            let failed = next.is_err();
+            if sender.send(next).await.is_err() || failed {
+                return;
             }
-            Err(_) => return Err("Log.Replicate stream went silent".into()),
+        }
+    });
+    let _stop_reader = AbortOnDrop(reader.abort_handle());
+    let mut news = false;
+    let mut pending: Option<Result<ReplicateResponse, String>> = None;
+    loop {
+        let next = match pending.take() {
+            Some(next) => next,
+            None => match received.recv().await {
+                Some(next) => next,
+                None => break,
+            },
         };
+        let message = next?;
         let now_applied = applied_leader_index(&group.table);
         if now_applied == 0 {
             // Reset while streaming: the next session bootstraps.
@@ -155,7 +190,32 @@ async fn session(
                 if !leads(node, group) {
                     return Ok(());
                 }
-                propose_batch(node, group, batch.commands).await?;
+                let mut commands = batch.commands;
+                let mut bytes: usize = commands.iter().map(|command| command.encoded_len()).sum();
+                while bytes < MERGE_BYTES {
+                    match received.try_recv() {
+                        Ok(Ok(ReplicateResponse {
+                            response: Some(replicate_response::Response::CommandsResponse(more)),
+                            leader_index,
+                        })) => {
+                            if leader_index > 0 {
+                                lag.observe_leader(leader_index, now_applied);
+                            }
+                            bytes += more
+                                .commands
+                                .iter()
+                                .map(|command| command.encoded_len())
+                                .sum::<usize>();
+                            commands.extend(more.commands);
+                        }
+                        Ok(other) => {
+                            pending = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                propose_batch(node, group, commands).await?;
                 lag.observe_applied(applied_leader_index(&group.table));
                 news = true;
             }
