@@ -8,6 +8,9 @@
 //! Phases: (1) for reading workloads, a prefill writes every key of the key space once;
 //! (2) a warm-up of `--warmup` runs the workload without recording; (3) the measured phase.
 //!
+//! `--workload replication-lag` is different (open loop, a leader and a follower cluster): see
+//! [`replication_lag`].
+//!
 //! The hot loop allocates as little as we can: keys and the value are built once as `Bytes`
 //! (a request clones reference-counted handles), key choice is a SplitMix64 generator per
 //! worker, and histograms are per worker, merged at the end.
@@ -28,6 +31,8 @@ use serde_json::{Value, json};
 use tonic::transport::Channel;
 
 use super::kv::parse_duration;
+
+mod replication_lag;
 
 /// Highest latency a histogram holds (longer ones are recorded as this), in microseconds.
 const MAX_LATENCY_MICROS: u64 = 60_000_000;
@@ -52,6 +57,9 @@ pub enum Workload {
     RangeLinearizable,
     /// Serializable reads (`--read-ratio`) and writes.
     Mixed,
+    /// Open-loop writes at `--rate` on the leader cluster; a probe of `--follower` measures
+    /// the time from each write's acknowledgement to its apply on the follower cluster.
+    ReplicationLag,
 }
 
 /// `armada bench`.
@@ -114,6 +122,22 @@ pub struct BenchArgs {
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
+    /// replication-lag: writes per second offered to the leader cluster (open loop).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// replication-lag: API address of the follower-cluster node to observe.
+    #[arg(long)]
+    pub follower: Option<String>,
+    /// replication-lag: most writes in flight at once; a write due when all are busy waits
+    /// (and the achieved rate falls short of --rate).
+    #[arg(long, default_value_t = 4096)]
+    pub max_in_flight: usize,
+    /// replication-lag: pause between two probes of the follower (one probe in flight).
+    #[arg(long, value_parser = parse_duration, default_value = "1ms")]
+    pub poll_interval: Duration,
+    /// replication-lag: how long the follower may take, after the last write, to apply it.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub drain_timeout: Duration,
 }
 
 impl BenchArgs {
@@ -145,6 +169,9 @@ impl BenchArgs {
         }
         if !(0.0..=1.0).contains(&self.read_ratio) {
             bail!("--read-ratio must be within 0..=1");
+        }
+        if self.workload == Workload::ReplicationLag {
+            replication_lag::validate(self)?;
         }
         Ok(())
     }
@@ -180,7 +207,8 @@ enum Driver {
 }
 
 impl Driver {
-    async fn put(&mut self, key: &Bytes, value: &Bytes) -> Result<(), tonic::Status> {
+    /// Writes `key` and returns the revision of the write (the response header's).
+    async fn put(&mut self, key: &Bytes, value: &Bytes) -> Result<u64, tonic::Status> {
         match self {
             Driver::Armada { kv, table } => {
                 let request = PutRequest {
@@ -189,7 +217,8 @@ impl Driver {
                     value: value.clone(),
                     prev_kv: false,
                 };
-                kv.put(request).await.map(drop)
+                let response = kv.put(request).await?.into_inner();
+                Ok(response.header.map_or(0, |header| header.revision))
             }
             Driver::Etcd { kv } => {
                 let request = etcd::PutRequest {
@@ -197,7 +226,10 @@ impl Driver {
                     value: value.clone(),
                     ..etcd::PutRequest::default()
                 };
-                kv.put(request).await.map(drop)
+                let response = kv.put(request).await?.into_inner();
+                Ok(response
+                    .header
+                    .map_or(0, |header| u64::try_from(header.revision).unwrap_or(0)))
             }
         }
     }
@@ -334,13 +366,13 @@ async fn run_worker(mut driver: Driver, plan: Arc<Plan>, seed: u64) -> WorkerRep
         }
         let key = &plan.keys[chooser.index(plan.keys.len())];
         let operation = match plan.workload {
-            Workload::Put => Operation::Put,
+            Workload::Put | Workload::ReplicationLag => Operation::Put,
             Workload::Range | Workload::RangeLinearizable => Operation::Range,
             Workload::Mixed if chooser.chance(plan.read_ratio) => Operation::Range,
             Workload::Mixed => Operation::Put,
         };
         let result = match operation {
-            Operation::Put => driver.put(key, &plan.value).await,
+            Operation::Put => driver.put(key, &plan.value).await.map(drop),
             Operation::Range => {
                 let linearizable = plan.workload == Workload::RangeLinearizable;
                 driver.range(key, linearizable).await
@@ -373,6 +405,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let endpoints = args.endpoints();
     if args.target == BenchTarget::Armada {
         ensure_table(&endpoints[0], &args).await?;
+    }
+    if args.workload == Workload::ReplicationLag {
+        return replication_lag::run(&args, &endpoints).await;
     }
     let drivers = connect_drivers(&endpoints, &args).await?;
     let keys: Arc<[Bytes]> = build_keys(args.keys, args.key_size).into();
@@ -705,5 +740,24 @@ mod tests {
         );
         assert!(parse(&["--read-ratio", "1.5"]).validate().is_err());
         assert!(parse(&[]).validate().is_ok());
+    }
+
+    #[test]
+    fn replication_lag_arguments() {
+        let lag = ["--workload", "replication-lag"];
+        assert!(parse(&lag).validate().is_err(), "needs --follower");
+        let with = |extra: &[&str]| {
+            let mut args = vec!["--workload", "replication-lag", "--follower", "f:1"];
+            args.extend_from_slice(extra);
+            parse(&args)
+        };
+        let args = with(&["--rate", "10000", "--poll-interval", "2ms"]);
+        assert!(args.validate().is_ok());
+        assert_eq!(args.rate, 10_000.0);
+        assert_eq!(args.poll_interval, Duration::from_millis(2));
+        assert!(with(&["--rate", "0"]).validate().is_err());
+        assert!(with(&["--target", "etcd"]).validate().is_err());
+        assert!(with(&["--total", "10"]).validate().is_err());
+        assert!(with(&["--max-in-flight", "0"]).validate().is_err());
     }
 }
