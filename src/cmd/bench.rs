@@ -84,6 +84,10 @@ pub struct BenchArgs {
     /// Value length in bytes.
     #[arg(long, default_value_t = 256)]
     pub value_size: usize,
+    /// Fresh pseudo-random bytes for every value (incompressible) instead of one repeated byte
+    /// (which gzip, zstd and the storage compress to almost nothing).
+    #[arg(long)]
+    pub random_values: bool,
     /// Size of the key space.
     #[arg(long, default_value_t = 10_000)]
     pub keys: usize,
@@ -317,10 +321,40 @@ impl KeyChooser {
     }
 }
 
+/// The value of each write: one shared buffer of a repeated byte (free to send) or, with
+/// `--random-values`, fresh pseudo-random bytes per write.
+#[derive(Clone)]
+struct Values {
+    fixed: Bytes,
+    random: bool,
+}
+
+impl Values {
+    fn new(args: &BenchArgs) -> Values {
+        Values {
+            fixed: Bytes::from(vec![b'v'; args.value_size]),
+            random: args.random_values,
+        }
+    }
+
+    fn next(&self, chooser: &mut KeyChooser) -> Bytes {
+        if !self.random {
+            return self.fixed.clone();
+        }
+        let size = self.fixed.len();
+        let mut value = Vec::with_capacity(size + 8);
+        while value.len() < size {
+            value.extend_from_slice(&chooser.next().to_le_bytes());
+        }
+        value.truncate(size);
+        Bytes::from(value)
+    }
+}
+
 /// What every worker reads.
 struct Plan {
     keys: Arc<[Bytes]>,
-    value: Bytes,
+    values: Values,
     workload: Workload,
     read_ratio: f64,
     measure_start: Instant,
@@ -347,6 +381,7 @@ fn new_histogram() -> Histogram<u64> {
 
 async fn run_worker(mut driver: Driver, plan: Arc<Plan>, seed: u64) -> WorkerReport {
     let mut chooser = KeyChooser(seed);
+    let mut value_chooser = KeyChooser(seed.rotate_left(32));
     let mut latencies = BTreeMap::from([
         (Operation::Put, new_histogram()),
         (Operation::Range, new_histogram()),
@@ -372,7 +407,10 @@ async fn run_worker(mut driver: Driver, plan: Arc<Plan>, seed: u64) -> WorkerRep
             Workload::Mixed => Operation::Put,
         };
         let result = match operation {
-            Operation::Put => driver.put(key, &plan.value).await.map(drop),
+            Operation::Put => {
+                let value = plan.values.next(&mut value_chooser);
+                driver.put(key, &value).await.map(drop)
+            }
             Operation::Range => {
                 let linearizable = plan.workload == Workload::RangeLinearizable;
                 driver.range(key, linearizable).await
@@ -411,15 +449,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let drivers = connect_drivers(&endpoints, &args).await?;
     let keys: Arc<[Bytes]> = build_keys(args.keys, args.key_size).into();
-    let value = Bytes::from(vec![b'v'; args.value_size]);
+    let values = Values::new(&args);
     let reads = args.workload != Workload::Put;
     if reads && !args.no_prefill {
-        prefill(&drivers, &keys, &value, args.clients).await?;
+        prefill(&drivers, &keys, &values, args.clients, args.seed).await?;
     }
     let measure_start = Instant::now() + args.warmup;
     let plan = Arc::new(Plan {
         keys,
-        value,
+        values,
         workload: args.workload,
         read_ratio: args.read_ratio,
         measure_start,
@@ -498,18 +536,20 @@ async fn connect_drivers(endpoints: &[String], args: &BenchArgs) -> anyhow::Resu
 async fn prefill(
     drivers: &[Driver],
     keys: &Arc<[Bytes]>,
-    value: &Bytes,
+    values: &Values,
     clients: usize,
+    seed: u64,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let writers: Vec<_> = (0..clients)
         .map(|writer| {
             let mut driver = drivers[writer % drivers.len()].clone();
             let keys = keys.clone();
-            let value = value.clone();
+            let values = values.clone();
+            let mut chooser = KeyChooser(seed ^ (writer as u64).rotate_left(17));
             tokio::spawn(async move {
                 for key in keys.iter().skip(writer).step_by(clients) {
-                    driver.put(key, &value).await?;
+                    driver.put(key, &values.next(&mut chooser)).await?;
                 }
                 Ok::<(), tonic::Status>(())
             })
@@ -570,6 +610,7 @@ impl Summary {
             "connections": connections,
             "key_size": args.key_size,
             "value_size": args.value_size,
+            "random_values": args.random_values,
             "keys": args.keys,
             "read_ratio": (args.workload == Workload::Mixed).then_some(args.read_ratio),
         });
@@ -740,6 +781,20 @@ mod tests {
         );
         assert!(parse(&["--read-ratio", "1.5"]).validate().is_err());
         assert!(parse(&[]).validate().is_ok());
+    }
+
+    #[test]
+    fn values_are_sized_and_random_only_when_asked() {
+        let mut chooser = KeyChooser(7);
+        let fixed = Values::new(&parse(&["--value-size", "13"]));
+        assert_eq!(fixed.next(&mut chooser), Bytes::from(vec![b'v'; 13]));
+        let random = Values::new(&parse(&["--value-size", "13", "--random-values"]));
+        let first = random.next(&mut chooser);
+        let second = random.next(&mut chooser);
+        assert_eq!((first.len(), second.len()), (13, 13));
+        assert_ne!(first, second);
+        let empty = Values::new(&parse(&["--value-size", "0", "--random-values"]));
+        assert!(empty.next(&mut chooser).is_empty());
     }
 
     #[test]

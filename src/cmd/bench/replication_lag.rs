@@ -36,7 +36,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::{
-    BenchArgs, BenchTarget, Driver, ErrorCount, KeyChooser, build_keys, connect_drivers,
+    BenchArgs, BenchTarget, Driver, ErrorCount, KeyChooser, Values, build_keys, connect_drivers,
     new_histogram,
 };
 
@@ -314,8 +314,9 @@ async fn write(
     schedule: &Schedule,
 ) -> anyhow::Result<Written> {
     let keys: Vec<Bytes> = build_keys(args.keys, args.key_size);
-    let value = Bytes::from(vec![b'v'; args.value_size]);
+    let values = Values::new(args);
     let mut chooser = KeyChooser(args.seed);
+    let mut value_chooser = KeyChooser(args.seed.rotate_left(32));
     let mut in_flight: JoinSet<Option<WriteOutcome>> = JoinSet::new();
     let mut written = Written {
         acknowledged: Vec::new(),
@@ -340,7 +341,7 @@ async fn write(
             written.issued += u64::from(measured);
             let mut driver = drivers[next as usize % drivers.len()].clone();
             let key = keys[chooser.index(keys.len())].clone();
-            let value = value.clone();
+            let value = values.next(&mut value_chooser);
             let started = schedule.started;
             in_flight.spawn(async move {
                 let result = driver.put(&key, &value).await;
@@ -489,6 +490,7 @@ impl Report {
             "connections": args.connections.min(args.clients),
             "key_size": args.key_size,
             "value_size": args.value_size,
+            "random_values": args.random_values,
             "keys": args.keys,
             "rate": args.rate,
             "max_in_flight": args.max_in_flight,
