@@ -27,6 +27,10 @@
 #   KEYS KEY_SIZE VALUE_SIZE CONNECTIONS   lag workload (default 10000 16 256 4)
 #   BOOTSTRAP_MIB         data written before the bootstrap (default 1024)
 #   BOOTSTRAP_VALUE_SIZE  value size of those writes (default 1048576)
+#   BOOTSTRAP_DIR         where the bootstrap's leader and follower keep their data (default:
+#                         the temporary directory); e.g. /dev/shm when the disk is short. The
+#                         script refuses to start the bootstrap without about 12x
+#                         BOOTSTRAP_MIB free there (and, on tmpfs, that much memory + 8 GiB).
 #   SKIP_LAG=1 / SKIP_BOOTSTRAP=1   skip a part
 #   READY_SECONDS         how long a server may take to start (default 60)
 #   BOOTSTRAP_TIMEOUT     seconds the bootstrap may take (default 1800)
@@ -71,6 +75,9 @@ fi
 # --- processes -----------------------------------------------------------------------------
 
 WORK=$(mktemp -d -t armada-lag-XXXXXX)
+# Where node data directories go (the bootstrap may move it, see BOOTSTRAP_DIR).
+NODE_BASE=$WORK
+BOOT_WORK=""
 PIDS=()
 
 stop_pid() { # pid: SIGTERM, up to 5 s, then SIGKILL
@@ -93,24 +100,43 @@ cleanup() {
     stop_pid "$pid"
   done
   if [ "${KEEP_WORKDIR:-0}" = 1 ]; then
-    log "kept $WORK"
+    log "kept $WORK $BOOT_WORK"
   else
     rm -rf "$WORK"
+    [ -z "$BOOT_WORK" ] || rm -rf "$BOOT_WORK"
   fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# stop_nodes PID...: stops them and forgets them.
-stop_nodes() {
+# forget PID...: no longer ours to stop (ended or stopped).
+forget() {
   local pid kept=()
-  for pid in "$@"; do
-    stop_pid "$pid"
-  done
   for pid in "${PIDS[@]}"; do
     case " $* " in *" $pid "*) ;; *) kept+=("$pid") ;; esac
   done
   PIDS=("${kept[@]}")
+}
+
+# stop_nodes PID...: stops them and forgets them.
+stop_nodes() {
+  local pid
+  for pid in "$@"; do
+    stop_pid "$pid"
+  done
+  forget "$@"
+}
+
+# run_child COMMAND...: runs COMMAND in the background and waits for it. Bash runs a trap only
+# once the foreground command has ended, so a long foreground run would delay the clean-up
+# on Ctrl-C or SIGTERM; `wait` is interrupted at once, and the trap stops the child too.
+run_child() {
+  "$@" &
+  local pid=$! status=0
+  PIDS+=("$pid")
+  wait "$pid" || status=$?
+  forget "$pid"
+  return "$status"
 }
 
 USED_PORTS=" "
@@ -128,13 +154,13 @@ free_port() {
   die "no free port found"
 }
 
-# start_node SUBCOMMAND NAME ARGS...: starts a node with its data in $WORK/NAME and its log in
-# $WORK/NAME.log; sets STARTED_PID.
+# start_node SUBCOMMAND NAME ARGS...: starts a node with its data in $NODE_BASE/NAME and its
+# log in $WORK/NAME.log; sets STARTED_PID.
 start_node() {
   local subcommand=$1 name=$2
   shift 2
-  mkdir -p "$WORK/$name"
-  "$ARMADA" "$subcommand" --data-dir "$WORK/$name" \
+  mkdir -p "$NODE_BASE/$name"
+  "$ARMADA" "$subcommand" --data-dir "$NODE_BASE/$name" \
     --api.address http://127.0.0.1:0 --rest.address http://127.0.0.1:0 \
     --replication.address http://127.0.0.1:0 --log-level info "$@" \
     >"$WORK/$name.log" 2>&1 &
@@ -145,7 +171,7 @@ start_node() {
 # listen_address NAME PID FIELD: waits for the node's listen.json, prints the FIELD address.
 listen_address() {
   local name=$1 pid=$2 field=$3
-  local file="$WORK/$name/listen.json" deadline=$((SECONDS + READY_SECONDS))
+  local file="$NODE_BASE/$name/listen.json" deadline=$((SECONDS + READY_SECONDS))
   until [ -s "$file" ] && jq -e ".$field" "$file" >/dev/null 2>&1; do
     if ! kill -0 "$pid" 2>/dev/null; then
       log "$name exited during start-up; last log lines:"
@@ -217,7 +243,7 @@ run_lag() {
     for rate in $RATES; do
       out="$WORK/lag-f$size-r$rate.json"
       log "lag: follower of $size node(s), $rate writes/s for ${RUN_SECONDS}s after $WARMUP"
-      if ! timeout --kill-after=5 $((RUN_SECONDS + 300)) "$ARMADA" bench \
+      if ! run_child timeout --kill-after=5 $((RUN_SECONDS + 300)) "$ARMADA" bench \
         --workload replication-lag --endpoints "$leader_api" --follower "${CLUSTER_APIS[0]}" \
         --table "$LAG_TABLE" --rate "$rate" --duration "${RUN_SECONDS}s" --warmup "$WARMUP" \
         --keys "$KEYS" --key-size "$KEY_SIZE" --value-size "$VALUE_SIZE" \
@@ -255,12 +281,36 @@ lag_row() { # size rate json
 
 # --- bootstrap -----------------------------------------------------------------------------
 
+# check_room DIR: dies unless DIR has room for the bootstrap (measured: the leader holds ~5x
+# the logical size — Raft log, latest, history, journal — and the follower ~6x with its spool).
+check_room() {
+  local dir=$1 need_kib=$((BOOTSTRAP_MIB * 12 * 1024)) avail_kib memory_kib
+  avail_kib=$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')
+  [ "$avail_kib" -ge "$need_kib" ] ||
+    die "bootstrap of ${BOOTSTRAP_MIB} MiB needs ~$((need_kib / 1048576)) GiB in $dir, only $((avail_kib / 1048576)) GiB free (set BOOTSTRAP_DIR or BOOTSTRAP_MIB)"
+  if [ "$(stat -f -c %T "$dir")" = tmpfs ]; then
+    memory_kib=$(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo)
+    [ "$memory_kib" -ge $((need_kib + 8 * 1048576)) ] ||
+      die "bootstrap on tmpfs needs ~$((need_kib / 1048576)) GiB of memory + 8 GiB to spare, only $((memory_kib / 1048576)) GiB available"
+  fi
+}
+
 BOOTSTRAP_LINES=()
 run_bootstrap() {
   local keys=$((BOOTSTRAP_MIB * 1048576 / BOOTSTRAP_VALUE_SIZE))
   local logical=$((keys * (KEY_SIZE + BOOTSTRAP_VALUE_SIZE)))
+  if [ -n "${BOOTSTRAP_DIR:-}" ]; then
+    BOOT_WORK=$(mktemp -d -p "$BOOTSTRAP_DIR" armada-lag-boot-XXXXXX)
+    NODE_BASE=$BOOT_WORK
+  fi
+  check_room "$NODE_BASE"
+  local storage
+  storage="$NODE_BASE ($(stat -f -c %T "$NODE_BASE"))"
   local leader_pids leader_api leader_replication started written revision hash
-  start_cluster leader boot-leader 1
+  # The leader keeps 100 entries after each snapshot instead of 5,000: its disk holds the
+  # table once more instead of twice. The follower's bootstrap reads the state machine, not
+  # the log, so this changes only the leader's footprint.
+  start_cluster leader boot-leader 1 --raft.snapshot-entries 100 --raft.compaction-overhead 100
   leader_pids=("${CLUSTER_PIDS[@]}")
   leader_api=${CLUSTER_APIS[0]}
   leader_replication=$CLUSTER_REPLICATION
@@ -268,7 +318,7 @@ run_bootstrap() {
   started=$(now)
   # The range workload's prefill writes every key once; the one measured read is a formality.
   # Random values: a repeated byte would compress to nothing in the snapshot stream.
-  "$ARMADA" bench --endpoints "$leader_api" --table "$BOOTSTRAP_TABLE" --workload range \
+  run_child "$ARMADA" bench --endpoints "$leader_api" --table "$BOOTSTRAP_TABLE" --workload range \
     --keys "$keys" --key-size "$KEY_SIZE" --value-size "$BOOTSTRAP_VALUE_SIZE" --random-values \
     --clients 4 --connections 2 --total 1 --warmup 0s --timeout 60s --json \
     >"$WORK/bootstrap-write.json" 2>"$WORK/bootstrap-write.log" ||
@@ -319,6 +369,7 @@ run_bootstrap() {
   local mb_per_s
   mb_per_s=$(awk -v bytes="$logical" -v s="$at_revision" 'BEGIN { printf "%.1f", bytes / 1e6 / s }')
   BOOTSTRAP_LINES+=(
+    "- data directories of the bootstrap's leader and follower: $storage"
     "- table: $keys keys × ($KEY_SIZE B key + $BOOTSTRAP_VALUE_SIZE B value) = $logical B logical ($(awk -v b="$logical" 'BEGIN { printf "%.1f", b / 1048576 }') MiB); leader revision $revision; leader db size $leader_db B, log size $leader_log B"
     "- writing it on the leader (4 clients): ${written} s ($(awk -v b="$logical" -v s="$written" 'BEGIN { printf "%.1f", b / 1e6 / s }') MB/s)"
     "- fresh 1-node follower, from process start until it served revision $revision: **${at_revision} s → ${mb_per_s} MB/s**; content hash equal to the leader's at ${at_hash} s (includes one Status call, which hashes the table)"
