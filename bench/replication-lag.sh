@@ -62,6 +62,7 @@ die() {
 }
 
 command -v jq >/dev/null || die "jq is needed"
+LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 if [ -n "${ARMADA_BIN:-}" ]; then
   ARMADA=$ARMADA_BIN
@@ -388,6 +389,7 @@ run_bootstrap() {
   echo "## Replication lag and bootstrap, $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
   echo "- machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n 1), $(free -g | awk '/^Mem:/ { print $2 }') GiB, $(uname -sr)"
+  echo "- load average (1, 5, 15 min) at start: $LOAD_AT_START; at end: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "- armada: $("$ARMADA" version 2>/dev/null || echo unknown), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
   if [ "${SKIP_LAG:-0}" != 1 ]; then
     echo "- lag runs: ${RUN_SECONDS}s measured after ${WARMUP} warm-up; keys $KEYS x ${KEY_SIZE} B, values ${VALUE_SIZE} B; $CONNECTIONS connections; follower node 1 probed every 1 ms"
