@@ -29,8 +29,8 @@
 #   BOOTSTRAP_VALUE_SIZE  value size of those writes (default 1048576)
 #   BOOTSTRAP_DIR         where the bootstrap's leader and follower keep their data (default:
 #                         the temporary directory); e.g. /dev/shm when the disk is short. The
-#                         script refuses to start the bootstrap without about 12x
-#                         BOOTSTRAP_MIB free there (and, on tmpfs, that much memory + 8 GiB).
+#                         script refuses to start the bootstrap without 8x BOOTSTRAP_MIB
+#                         free there (and, on tmpfs, that much memory + 8 GiB).
 #   SKIP_LAG=1 / SKIP_BOOTSTRAP=1   skip a part
 #   READY_SECONDS         how long a server may take to start (default 60)
 #   BOOTSTRAP_TIMEOUT     seconds the bootstrap may take (default 1800)
@@ -282,10 +282,11 @@ lag_row() { # size rate json
 
 # --- bootstrap -----------------------------------------------------------------------------
 
-# check_room DIR: dies unless DIR has room for the bootstrap (measured: the leader holds ~5x
-# the logical size — Raft log, latest, history, journal — and the follower ~6x with its spool).
+# check_room DIR: dies unless DIR has room for the bootstrap. Measured at 1 GiB: the leader
+# holds ~2x the logical size (latest + history; ~4x with the default log retention), the
+# follower ~4.5x at its peak (spool, Raft log, latest + history); 8x leaves a margin.
 check_room() {
-  local dir=$1 need_kib=$((BOOTSTRAP_MIB * 12 * 1024)) avail_kib memory_kib
+  local dir=$1 need_kib=$((BOOTSTRAP_MIB * 8 * 1024)) avail_kib memory_kib
   avail_kib=$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')
   [ "$avail_kib" -ge "$need_kib" ] ||
     die "bootstrap of ${BOOTSTRAP_MIB} MiB needs ~$((need_kib / 1048576)) GiB in $dir, only $((avail_kib / 1048576)) GiB free (set BOOTSTRAP_DIR or BOOTSTRAP_MIB)"
