@@ -8,6 +8,9 @@
 //! Phases: (1) for reading workloads, a prefill writes every key of the key space once;
 //! (2) a warm-up of `--warmup` runs the workload without recording; (3) the measured phase.
 //!
+//! `--workload replication-lag` is different (open loop, a leader and a follower cluster): see
+//! [`replication_lag`].
+//!
 //! The hot loop allocates as little as we can: keys and the value are built once as `Bytes`
 //! (a request clones reference-counted handles), key choice is a SplitMix64 generator per
 //! worker, and histograms are per worker, merged at the end.
@@ -28,6 +31,8 @@ use serde_json::{Value, json};
 use tonic::transport::Channel;
 
 use super::kv::parse_duration;
+
+mod replication_lag;
 
 /// Highest latency a histogram holds (longer ones are recorded as this), in microseconds.
 const MAX_LATENCY_MICROS: u64 = 60_000_000;
@@ -52,6 +57,9 @@ pub enum Workload {
     RangeLinearizable,
     /// Serializable reads (`--read-ratio`) and writes.
     Mixed,
+    /// Open-loop writes at `--rate` on the leader cluster; a probe of `--follower` measures
+    /// the time from each write's acknowledgement to its apply on the follower cluster.
+    ReplicationLag,
 }
 
 /// `armada bench`.
@@ -76,6 +84,10 @@ pub struct BenchArgs {
     /// Value length in bytes.
     #[arg(long, default_value_t = 256)]
     pub value_size: usize,
+    /// Fresh pseudo-random bytes for every value (incompressible) instead of one repeated byte
+    /// (which gzip, zstd and the storage compress to almost nothing).
+    #[arg(long)]
+    pub random_values: bool,
     /// Size of the key space.
     #[arg(long, default_value_t = 10_000)]
     pub keys: usize,
@@ -114,6 +126,22 @@ pub struct BenchArgs {
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
+    /// replication-lag: writes per second offered to the leader cluster (open loop).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// replication-lag: API address of the follower-cluster node to observe.
+    #[arg(long)]
+    pub follower: Option<String>,
+    /// replication-lag: most writes in flight at once; a write due when all are busy waits
+    /// (and the achieved rate falls short of --rate).
+    #[arg(long, default_value_t = 4096)]
+    pub max_in_flight: usize,
+    /// replication-lag: pause between two probes of the follower (one probe in flight).
+    #[arg(long, value_parser = parse_duration, default_value = "1ms")]
+    pub poll_interval: Duration,
+    /// replication-lag: how long the follower may take, after the last write, to apply it.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub drain_timeout: Duration,
 }
 
 impl BenchArgs {
@@ -145,6 +173,9 @@ impl BenchArgs {
         }
         if !(0.0..=1.0).contains(&self.read_ratio) {
             bail!("--read-ratio must be within 0..=1");
+        }
+        if self.workload == Workload::ReplicationLag {
+            replication_lag::validate(self)?;
         }
         Ok(())
     }
@@ -181,7 +212,8 @@ enum Driver {
 }
 
 impl Driver {
-    async fn put(&mut self, key: &Bytes, value: &Bytes) -> Result<(), tonic::Status> {
+    /// Writes `key` and returns the revision of the write (the response header's).
+    async fn put(&mut self, key: &Bytes, value: &Bytes) -> Result<u64, tonic::Status> {
         match self {
             Driver::Armada { kv, table } => {
                 let request = PutRequest {
@@ -190,7 +222,8 @@ impl Driver {
                     value: value.clone(),
                     prev_kv: false,
                 };
-                kv.put(request).await.map(drop)
+                let response = kv.put(request).await?.into_inner();
+                Ok(response.header.map_or(0, |header| header.revision))
             }
             Driver::Etcd { kv } => {
                 let request = etcd::PutRequest {
@@ -198,7 +231,10 @@ impl Driver {
                     value: value.clone(),
                     ..etcd::PutRequest::default()
                 };
-                kv.put(request).await.map(drop)
+                let response = kv.put(request).await?.into_inner();
+                Ok(response
+                    .header
+                    .map_or(0, |header| u64::try_from(header.revision).unwrap_or(0)))
             }
         }
     }
@@ -286,10 +322,40 @@ impl KeyChooser {
     }
 }
 
+/// The value of each write: one shared buffer of a repeated byte (free to send) or, with
+/// `--random-values`, fresh pseudo-random bytes per write.
+#[derive(Clone)]
+struct Values {
+    fixed: Bytes,
+    random: bool,
+}
+
+impl Values {
+    fn new(args: &BenchArgs) -> Values {
+        Values {
+            fixed: Bytes::from(vec![b'v'; args.value_size]),
+            random: args.random_values,
+        }
+    }
+
+    fn next(&self, chooser: &mut KeyChooser) -> Bytes {
+        if !self.random {
+            return self.fixed.clone();
+        }
+        let size = self.fixed.len();
+        let mut value = Vec::with_capacity(size + 8);
+        while value.len() < size {
+            value.extend_from_slice(&chooser.next().to_le_bytes());
+        }
+        value.truncate(size);
+        Bytes::from(value)
+    }
+}
+
 /// What every worker reads.
 struct Plan {
     keys: Arc<[Bytes]>,
-    value: Bytes,
+    values: Values,
     workload: Workload,
     read_ratio: f64,
     measure_start: Instant,
@@ -316,6 +382,7 @@ fn new_histogram() -> Histogram<u64> {
 
 async fn run_worker(mut driver: Driver, plan: Arc<Plan>, seed: u64) -> WorkerReport {
     let mut chooser = KeyChooser(seed);
+    let mut value_chooser = KeyChooser(seed.rotate_left(32));
     let mut latencies = BTreeMap::from([
         (Operation::Put, new_histogram()),
         (Operation::Range, new_histogram()),
@@ -335,13 +402,16 @@ async fn run_worker(mut driver: Driver, plan: Arc<Plan>, seed: u64) -> WorkerRep
         }
         let key = &plan.keys[chooser.index(plan.keys.len())];
         let operation = match plan.workload {
-            Workload::Put => Operation::Put,
+            Workload::Put | Workload::ReplicationLag => Operation::Put,
             Workload::Range | Workload::RangeLinearizable => Operation::Range,
             Workload::Mixed if chooser.chance(plan.read_ratio) => Operation::Range,
             Workload::Mixed => Operation::Put,
         };
         let result = match operation {
-            Operation::Put => driver.put(key, &plan.value).await,
+            Operation::Put => {
+                let value = plan.values.next(&mut value_chooser);
+                driver.put(key, &value).await.map(drop)
+            }
             Operation::Range => {
                 let linearizable = plan.workload == Workload::RangeLinearizable;
                 driver.range(key, linearizable).await
@@ -375,17 +445,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.target == BenchTarget::Armada {
         ensure_table(&endpoints[0], &args).await?;
     }
+    if args.workload == Workload::ReplicationLag {
+        return replication_lag::run(&args, &endpoints).await;
+    }
     let drivers = connect_drivers(&endpoints, &args).await?;
     let keys: Arc<[Bytes]> = build_keys(args.keys, args.key_size).into();
-    let value = Bytes::from(vec![b'v'; args.value_size]);
+    let values = Values::new(&args);
     let reads = args.workload != Workload::Put;
     if reads && !args.no_prefill {
-        prefill(&drivers, &keys, &value, args.clients).await?;
+        prefill(&drivers, &keys, &values, args.clients, args.seed).await?;
     }
     let measure_start = Instant::now() + args.warmup;
     let plan = Arc::new(Plan {
         keys,
-        value,
+        values,
         workload: args.workload,
         read_ratio: args.read_ratio,
         measure_start,
@@ -464,18 +537,20 @@ async fn connect_drivers(endpoints: &[String], args: &BenchArgs) -> anyhow::Resu
 async fn prefill(
     drivers: &[Driver],
     keys: &Arc<[Bytes]>,
-    value: &Bytes,
+    values: &Values,
     clients: usize,
+    seed: u64,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let writers: Vec<_> = (0..clients)
         .map(|writer| {
             let mut driver = drivers[writer % drivers.len()].clone();
             let keys = keys.clone();
-            let value = value.clone();
+            let values = values.clone();
+            let mut chooser = KeyChooser(seed ^ (writer as u64).rotate_left(17));
             tokio::spawn(async move {
                 for key in keys.iter().skip(writer).step_by(clients) {
-                    driver.put(key, &value).await?;
+                    driver.put(key, &values.next(&mut chooser)).await?;
                 }
                 Ok::<(), tonic::Status>(())
             })
@@ -536,6 +611,7 @@ impl Summary {
             "connections": connections,
             "key_size": args.key_size,
             "value_size": args.value_size,
+            "random_values": args.random_values,
             "keys": args.keys,
             "read_ratio": (args.workload == Workload::Mixed).then_some(args.read_ratio),
         });
@@ -706,5 +782,38 @@ mod tests {
         );
         assert!(parse(&["--read-ratio", "1.5"]).validate().is_err());
         assert!(parse(&[]).validate().is_ok());
+    }
+
+    #[test]
+    fn values_are_sized_and_random_only_when_asked() {
+        let mut chooser = KeyChooser(7);
+        let fixed = Values::new(&parse(&["--value-size", "13"]));
+        assert_eq!(fixed.next(&mut chooser), Bytes::from(vec![b'v'; 13]));
+        let random = Values::new(&parse(&["--value-size", "13", "--random-values"]));
+        let first = random.next(&mut chooser);
+        let second = random.next(&mut chooser);
+        assert_eq!((first.len(), second.len()), (13, 13));
+        assert_ne!(first, second);
+        let empty = Values::new(&parse(&["--value-size", "0", "--random-values"]));
+        assert!(empty.next(&mut chooser).is_empty());
+    }
+
+    #[test]
+    fn replication_lag_arguments() {
+        let lag = ["--workload", "replication-lag"];
+        assert!(parse(&lag).validate().is_err(), "needs --follower");
+        let with = |extra: &[&str]| {
+            let mut args = vec!["--workload", "replication-lag", "--follower", "f:1"];
+            args.extend_from_slice(extra);
+            parse(&args)
+        };
+        let args = with(&["--rate", "10000", "--poll-interval", "2ms"]);
+        assert!(args.validate().is_ok());
+        assert_eq!(args.rate, 10_000.0);
+        assert_eq!(args.poll_interval, Duration::from_millis(2));
+        assert!(with(&["--rate", "0"]).validate().is_err());
+        assert!(with(&["--target", "etcd"]).validate().is_err());
+        assert!(with(&["--total", "10"]).validate().is_err());
+        assert!(with(&["--max-in-flight", "0"]).validate().is_err());
     }
 }
