@@ -12,8 +12,9 @@ use armada_proto::regatta::v1::{
     TxnResponse,
 };
 
-use super::{Follower, applied_leader_index};
+use super::{Follower, LeaderChannel, applied_leader_index};
 use crate::error::ApiError;
+use armada_proto::regatta::v1::kv_client::KvClient;
 
 /// Pause between looks for a table that the leader has but this node does not serve yet.
 const TABLE_APPEAR_PAUSE: Duration = Duration::from_millis(50);
@@ -43,13 +44,11 @@ impl Follower {
         deadline: tokio::time::Instant,
     ) -> Result<PutResponse, ApiError> {
         let table = request.table.clone();
-        let mut client = self.kv_client();
-        let response = client.put(with_deadline(request, deadline));
-        let response = tokio::time::timeout_at(deadline, response)
-            .await
-            .map_err(|_| ApiError::DeadlineExceeded)?
-            .map_err(leader_error)?
-            .into_inner();
+        let response = self
+            .call_leader(deadline, |mut kv| async move {
+                kv.put(with_deadline(request, deadline)).await
+            })
+            .await?;
         self.wait_applied(&table, response.header.as_ref(), deadline)
             .await?;
         Ok(response)
@@ -61,13 +60,11 @@ impl Follower {
         deadline: tokio::time::Instant,
     ) -> Result<DeleteRangeResponse, ApiError> {
         let table = request.table.clone();
-        let mut client = self.kv_client();
-        let response = client.delete_range(with_deadline(request, deadline));
-        let response = tokio::time::timeout_at(deadline, response)
-            .await
-            .map_err(|_| ApiError::DeadlineExceeded)?
-            .map_err(leader_error)?
-            .into_inner();
+        let response = self
+            .call_leader(deadline, |mut kv| async move {
+                kv.delete_range(with_deadline(request, deadline)).await
+            })
+            .await?;
         self.wait_applied(&table, response.header.as_ref(), deadline)
             .await?;
         Ok(response)
@@ -79,16 +76,32 @@ impl Follower {
         deadline: tokio::time::Instant,
     ) -> Result<TxnResponse, ApiError> {
         let table = request.table.clone();
-        let mut client = self.kv_client();
-        let response = client.txn(with_deadline(request, deadline));
-        let response = tokio::time::timeout_at(deadline, response)
-            .await
-            .map_err(|_| ApiError::DeadlineExceeded)?
-            .map_err(leader_error)?
-            .into_inner();
+        let response = self
+            .call_leader(deadline, |mut kv| async move {
+                kv.txn(with_deadline(request, deadline)).await
+            })
+            .await?;
         self.wait_applied(&table, response.header.as_ref(), deadline)
             .await?;
         Ok(response)
+    }
+
+    /// One call to the leader's KV service, bounded by `deadline`; the leader's errors keep
+    /// their code.
+    async fn call_leader<T, F, Fut>(
+        &self,
+        deadline: tokio::time::Instant,
+        call: F,
+    ) -> Result<T, ApiError>
+    where
+        F: FnOnce(KvClient<LeaderChannel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let answer = tokio::time::timeout_at(deadline, call(self.kv_client()))
+            .await
+            .map_err(|_| ApiError::DeadlineExceeded)?
+            .map_err(leader_error)?;
+        Ok(answer.into_inner())
     }
 
     /// Waits until this node's replica of `table` has applied the leader's `header.revision`.
