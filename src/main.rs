@@ -4,6 +4,11 @@
 
 mod cmd;
 
+/// The allocator: the put path allocates and frees small buffers at a high rate (requests,
+/// commands, memtable entries), where glibc's malloc cost ~13 % of a put profile; see ADR 0006.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

@@ -251,6 +251,28 @@ impl Table {
         Ok(outcomes)
     }
 
+    /// Whether applying `entries` now could block the calling thread for long: a large batch,
+    /// a staged-load step, or storage close to its write back-pressure (fjall sleeps in the
+    /// writer once a keyspace has 4 sealed memtables or 20 level-0 runs). Callers on an async
+    /// runtime move such an apply off the worker thread; the common small batch runs inline.
+    pub fn apply_may_block(&self, entries: &[ApplyEntry<'_>]) -> bool {
+        const INLINE_ENTRIES: usize = 256;
+        if entries.len() > INLINE_ENTRIES
+            || entries
+                .iter()
+                .any(|entry| entry.command.is_some_and(is_load_command))
+        {
+            return true;
+        }
+        let generation = self.read_state().generation.clone();
+        [&generation.latest, &generation.history]
+            .into_iter()
+            .chain(std::iter::once(&self.inner.meta))
+            .any(|keyspace| {
+                keyspace.sealed_memtable_count() >= 2 || keyspace.l0_table_count() >= 12
+            })
+    }
+
     /// The position to persist for `position` given the leader index after the batch.
     fn stored_position(
         &self,

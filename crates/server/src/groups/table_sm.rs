@@ -30,6 +30,8 @@ pub struct TableStateMachine {
     membership: std::sync::Arc<std::sync::Mutex<StoredMembership>>,
     /// Recent applied entries for follower-cluster streams (`replication::log_cache`).
     log_cache: LogCache,
+    /// `armada_table_applied_index` of this table, registered once (set after every batch).
+    applied_gauge: metrics::Gauge,
 }
 
 impl TableStateMachine {
@@ -38,11 +40,12 @@ impl TableStateMachine {
         let raft_state = RaftAppliedState::decode(&position.raft_state)?;
         let (applied, _) = watch::channel(position);
         Ok(TableStateMachine {
-            table,
             applied: std::sync::Arc::new(applied),
             storage,
             membership: std::sync::Arc::new(std::sync::Mutex::new(raft_state.last_membership)),
             log_cache: LogCache::default(),
+            applied_gauge: metrics::gauge!("armada_table_applied_index", "table_id" => table.id().to_string()),
+            table,
         })
     }
 
@@ -143,21 +146,23 @@ impl RaftStateMachine<TypeConfig> for TableStateMachine {
         let mut log_ids = Vec::new();
         let mut commands: Vec<Result<Option<pb::Command>, String>> = Vec::new();
         let mut responders = Vec::new();
-        // The membership in effect after each entry.
-        let mut memberships = Vec::new();
+        // Membership changes in this batch, as (position of the entry, the new membership);
+        // the membership in effect after entry `at` is the last change at or before `at`.
+        let mut membership_changes: Vec<(usize, StoredMembership)> = Vec::new();
         let mut recent = Vec::new();
-        let mut membership = self.current_membership();
         while let Some((entry, responder)) = entries.try_next().await? {
             recent.push(CachedEntry::of(&entry));
             commands.push(match &entry.payload {
                 EntryPayload::Normal(request) => decode_command(&request.0).map(Some),
                 EntryPayload::Blank => Ok(None),
                 EntryPayload::Membership(config) => {
-                    membership = StoredMembership::new(Some(entry.log_id), config.clone());
+                    membership_changes.push((
+                        log_ids.len(),
+                        StoredMembership::new(Some(entry.log_id), config.clone()),
+                    ));
                     Ok(None)
                 }
             });
-            memberships.push(membership.clone());
             log_ids.push(entry.log_id);
             responders.push(responder);
         }
@@ -193,24 +198,38 @@ impl RaftStateMachine<TypeConfig> for TableStateMachine {
             let last_at = segment.end - 1;
             let segment_len = segment.len();
             let last = log_ids[last_at];
+            let membership = match membership_changes
+                .iter()
+                .rev()
+                .find(|(at, _)| *at <= last_at)
+            {
+                Some((_, membership)) => membership.clone(),
+                None => self.current_membership(),
+            };
             let position = AppliedPosition {
                 log_index: LogIndex(last.index),
                 revision: Revision::from_leader_cluster_log_index(LogIndex(last.index)),
                 leader_index: None,
                 raft_state: RaftAppliedState {
                     last_applied: Some(last),
-                    last_membership: memberships[last_at].clone(),
+                    last_membership: membership.clone(),
                 }
                 .encode(),
             };
             outcomes.extend(
-                tokio::task::block_in_place(|| {
+                if self.table.apply_may_block(&apply_entries[segment.clone()]) {
+                    tokio::task::block_in_place(|| {
+                        self.table.apply(&apply_entries[segment], &position)
+                    })
+                } else {
+                    // A small batch into memtables with no back-pressure: tens of microseconds,
+                    // cheaper inline than handing the worker thread over (block_in_place).
                     self.table.apply(&apply_entries[segment], &position)
-                })
+                }
                 .map_err(io::Error::other)?,
             );
             if let Ok(mut guard) = self.membership.lock() {
-                *guard = memberships[last_at].clone();
+                *guard = membership;
             }
             // Before publishing: a stream woken by the new position finds the entries cached.
             self.log_cache.append(recent.by_ref().take(segment_len));
@@ -219,8 +238,7 @@ impl RaftStateMachine<TypeConfig> for TableStateMachine {
             self.applied.send_replace(stored);
         }
         let last = log_ids[log_ids.len() - 1];
-        metrics::gauge!("armada_table_applied_index", "table_id" => self.table.id().to_string())
-            .set(last.index as f64);
+        self.applied_gauge.set(last.index as f64);
         for ((responder, command), outcome) in responders.into_iter().zip(commands).zip(outcomes) {
             let Some(responder) = responder else { continue };
             let response = match (command, outcome) {
