@@ -17,6 +17,7 @@ use openraft::BasicNode;
 use tokio::sync::{Notify, watch};
 
 use crate::catalog::{CatalogCommand, CatalogOutcome, CatalogState, CatalogStateMachine};
+use crate::cluster::forward::Forwarder;
 use crate::cluster::handler::PeerHandler;
 use crate::cluster::network::ClusterNetwork;
 use crate::cluster::rpc::{self, PeerError, PeerRequest, PeerResponse, PeerResult};
@@ -59,6 +60,8 @@ pub struct Node {
     raft_config: Arc<openraft::Config>,
     members: BTreeMap<u64, BasicNode>,
     transport: Arc<QuicTransport>,
+    /// Batches writes forwarded to other nodes' Raft leaders.
+    forwarder: Forwarder,
     pub catalog: CatalogRaft,
     catalog_state: watch::Receiver<Arc<CatalogState>>,
     tables: RwLock<Arc<BTreeMap<String, Arc<TableGroup>>>>,
@@ -116,7 +119,7 @@ impl Node {
         let catalog = openraft::Raft::new(
             node_id.get(),
             raft_config.clone(),
-            ClusterNetwork::new(dyn_transport, CATALOG_GROUP.get()),
+            ClusterNetwork::new(dyn_transport.clone(), CATALOG_GROUP.get()),
             log.group(CATALOG_GROUP),
             catalog_sm,
         )
@@ -130,6 +133,7 @@ impl Node {
             raft_config,
             members,
             transport,
+            forwarder: Forwarder::new(dyn_transport),
             catalog,
             catalog_state,
             tables: RwLock::new(Arc::new(BTreeMap::new())),
@@ -207,20 +211,12 @@ impl Node {
                     Err(_) => return Err(ApiError::DeadlineExceeded),
                 }
             } else {
-                let message = PeerRequest::Write {
-                    group: group.id(),
-                    request: request.clone(),
-                };
-                match self.call_peer(leader, &message, deadline).await {
-                    Ok(Ok(PeerResponse::Write {
-                        log_index,
-                        response,
-                    })) => Ok((log_index, response)),
-                    Ok(Ok(other)) => {
-                        return Err(ApiError::Internal(format!(
-                            "unexpected peer response {other:?}"
-                        )));
-                    }
+                match self
+                    .forwarder
+                    .forward(leader, group.id(), request.clone(), deadline)
+                    .await
+                {
+                    Ok(Ok(done)) => Ok(done),
                     Ok(Err(error)) => Err(Some(error)),
                     Err(
                         TransportError::Unreachable { .. } | TransportError::UnknownPeer { .. },

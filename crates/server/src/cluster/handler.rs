@@ -75,6 +75,12 @@ impl PeerHandler {
                     response,
                 })
             }
+            PeerRequest::WriteBatch { group, requests } => {
+                let (_, handle) = self.group(group)?;
+                Ok(PeerResponse::WriteBatch(
+                    handle.write_many_here(requests).await?,
+                ))
+            }
             PeerRequest::ReadIndex { group } => {
                 let (_, handle) = self.group(group)?;
                 Ok(PeerResponse::ReadIndex {

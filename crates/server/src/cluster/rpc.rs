@@ -40,6 +40,10 @@ pub enum PeerRequest {
     ReadIndex { group: u64 },
     /// Who the peer is (for MemberList).
     NodeInfo,
+    /// Writes that reached a node which is not the group's Raft leader, batched by the
+    /// forwarding node (`cluster::forward`); answered in order by `PeerResponse::WriteBatch`.
+    /// (Variants are appended, never reordered: postcard encodes the variant's position.)
+    WriteBatch { group: u64, requests: Vec<Request> },
 }
 
 /// Header of a streamed snapshot (`Transport::call_stream`); the body is the snapshot data.
@@ -69,11 +73,21 @@ pub enum PeerError {
 pub enum PeerResponse {
     AppendEntries(AppendEntriesResponse<TypeConfig>),
     Vote(VoteResponse<TypeConfig>),
-    Write { log_index: u64, response: Response },
-    ReadIndex { index: u64 },
-    NodeInfo { node_id: u64, api_address: String },
+    Write {
+        log_index: u64,
+        response: Response,
+    },
+    ReadIndex {
+        index: u64,
+    },
+    NodeInfo {
+        node_id: u64,
+        api_address: String,
+    },
     Snapshot(SnapshotResponse<TypeConfig>),
     TransferLeader(openraft::raft::TransferLeaderResponse<TypeConfig>),
+    /// One outcome per write of a `WriteBatch`, in its order: (log index, answer) or why not.
+    WriteBatch(Vec<Result<(u64, Response), PeerError>>),
 }
 
 pub type PeerResult = Result<PeerResponse, PeerError>;

@@ -122,6 +122,37 @@ impl GroupHandle {
         }
     }
 
+    /// Proposes several writes on this replica in one message to the Raft core; one outcome
+    /// per write, in order (`NotLeader` for those not appended because this replica does not
+    /// lead). Fails as a whole only when the Raft core has stopped.
+    pub async fn write_many_here(
+        &self,
+        requests: Vec<Request>,
+    ) -> Result<Vec<Result<(u64, Response), PeerError>>, PeerError> {
+        use futures::StreamExt;
+        use openraft::error::ClientWriteError;
+        let count = requests.len();
+        let stream = with_raft!(self, raft => raft.client_write_many(requests).await);
+        let mut stream = stream.map_err(failed)?;
+        let mut outcomes = Vec::with_capacity(count);
+        while let Some(result) = stream.next().await {
+            outcomes.push(match result.map_err(failed)? {
+                Ok(written) => Ok((written.log_id.index, written.response)),
+                Err(ClientWriteError::ForwardToLeader(forward)) => Err(PeerError::NotLeader {
+                    leader: forward.leader_id,
+                }),
+                Err(error) => Err(failed(error)),
+            });
+        }
+        if outcomes.len() != count {
+            return Err(PeerError::Failed(format!(
+                "the Raft core answered {} of {count} writes",
+                outcomes.len()
+            )));
+        }
+        Ok(outcomes)
+    }
+
     /// Confirms leadership with a quorum (ReadIndex) and returns the index a replica must have
     /// applied to serve a linearizable read. This replica must be the Raft leader.
     pub async fn read_index_here(&self) -> Result<u64, PeerError> {
