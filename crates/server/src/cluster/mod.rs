@@ -4,3 +4,6 @@
 pub mod handler;
 pub mod network;
 pub mod rpc;
+
+#[cfg(test)]
+mod sim_tests;
