@@ -29,7 +29,7 @@ use crate::groups::table_sm::TableStateMachine;
 use crate::groups::types::{Request, Response};
 use crate::groups::{CatalogRaft, TableRaft};
 use crate::replication::log_cache::LogCache;
-use crate::transport::{QuicConfig, QuicTransport, Transport, TransportError};
+use crate::transport::{Handler, QuicConfig, QuicTransport, Transport, TransportError};
 
 /// One running table replica.
 pub struct TableGroup {
@@ -59,7 +59,7 @@ pub struct Node {
     log: Arc<LogEngine>,
     raft_config: Arc<openraft::Config>,
     members: BTreeMap<u64, BasicNode>,
-    transport: Arc<QuicTransport>,
+    transport: Arc<dyn Transport>,
     /// Batches writes forwarded to other nodes' Raft leaders.
     forwarder: Forwarder,
     pub catalog: CatalogRaft,
@@ -73,8 +73,44 @@ pub struct Node {
 }
 
 impl Node {
-    /// Opens storage, starts the catalog group and every table group it lists.
+    /// Opens storage, starts the catalog group and every table group it lists, and talks to the
+    /// peers over QUIC (`raft.address`, `raft.initial-members`).
     pub async fn start(config: ServerConfig) -> anyhow::Result<Arc<Node>> {
+        let node_id = config.raft.node_id;
+        let peers = config
+            .members()
+            .map_err(anyhow::Error::msg)?
+            .into_iter()
+            .filter(|(id, _)| *id != node_id)
+            .collect();
+        let address = config.raft.address.clone();
+        let tls = config.raft_tls();
+        Node::start_with_transport(config, move |handler| async move {
+            let quic = QuicConfig {
+                node_id,
+                listen: resolve_raft_address(&address).await?,
+                peers,
+                tls,
+            };
+            let transport = QuicTransport::start(quic, handler).await.map_err(|error| {
+                anyhow::anyhow!("cannot start the cluster transport on {address}: {error}")
+            })?;
+            Ok(transport as Arc<dyn Transport>)
+        })
+        .await
+    }
+
+    /// [`Node::start`] over another transport (tests: a [`crate::transport::MemoryNetwork`]).
+    /// Once storage is open, `connect` gets the handler serving this node's peers and returns
+    /// the node's transport; the members' addresses in `raft.initial-members` are then only
+    /// names.
+    pub async fn start_with_transport<Connecting>(
+        config: ServerConfig,
+        connect: impl FnOnce(Arc<dyn Handler>) -> Connecting,
+    ) -> anyhow::Result<Arc<Node>>
+    where
+        Connecting: Future<Output = anyhow::Result<Arc<dyn Transport>>>,
+    {
         let members = config.members().map_err(anyhow::Error::msg)?;
         let node_id = NodeId(config.raft.node_id);
         std::fs::create_dir_all(&config.data_dir)?;
@@ -89,37 +125,17 @@ impl Node {
             config.raft.compaction_overhead,
         )?;
         let handler = PeerHandler::new();
-        let transport = QuicTransport::start(
-            QuicConfig {
-                node_id: node_id.get(),
-                listen: resolve_raft_address(&config.raft.address).await?,
-                peers: members
-                    .iter()
-                    .filter(|(id, _)| **id != node_id.get())
-                    .map(|(id, address)| (*id, address.clone()))
-                    .collect(),
-                tls: config.raft_tls(),
-            },
-            handler.clone(),
-        )
-        .await
-        .map_err(|error| {
-            anyhow::anyhow!(
-                "cannot start the cluster transport on {}: {error}",
-                config.raft.address
-            )
-        })?;
+        let transport = connect(handler.clone()).await?;
         let members: BTreeMap<u64, BasicNode> = members
             .into_iter()
             .map(|(id, address)| (id, BasicNode::new(address)))
             .collect();
         let catalog_sm = CatalogStateMachine::open(&storage)?;
         let catalog_state = catalog_sm.subscribe();
-        let dyn_transport: Arc<dyn Transport> = transport.clone();
         let catalog = openraft::Raft::new(
             node_id.get(),
             raft_config.clone(),
-            ClusterNetwork::new(dyn_transport.clone(), CATALOG_GROUP.get()),
+            ClusterNetwork::new(transport.clone(), CATALOG_GROUP.get()),
             log.group(CATALOG_GROUP),
             catalog_sm,
         )
@@ -132,8 +148,8 @@ impl Node {
             log,
             raft_config,
             members,
+            forwarder: Forwarder::new(transport.clone()),
             transport,
-            forwarder: Forwarder::new(dyn_transport),
             catalog,
             catalog_state,
             tables: RwLock::new(Arc::new(BTreeMap::new())),

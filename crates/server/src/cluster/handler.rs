@@ -36,7 +36,9 @@ impl PeerHandler {
     }
 
     fn group(&self, group: u64) -> Result<(Arc<Node>, GroupHandle), PeerError> {
-        let node = self.node()?;
+        // While the node starts or stops none of its groups runs here: callers retry on
+        // `NoSuchGroup` (nothing was written), whereas `Failed` would end a forwarded write.
+        let node = self.node().map_err(|_| PeerError::NoSuchGroup(group))?;
         let handle = node
             .group_by_id(group)
             .ok_or(PeerError::NoSuchGroup(group))?;

@@ -6,3 +6,6 @@ pub mod forward;
 pub mod handler;
 pub mod network;
 pub mod rpc;
+
+#[cfg(test)]
+mod sim_tests;

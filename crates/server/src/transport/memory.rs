@@ -12,7 +12,8 @@
 //!   (the request may have been applied, as over a real network).
 //! - [`MemoryNetwork::remove_node`] drops a node: calls to it are unreachable and its own
 //!   transport is [`TransportError::Closed`]. Adding the same id again is a restart: the old
-//!   transport stays closed, the new one works.
+//!   transport stays closed, the new one works. [`Transport::shutdown`] of a node's transport
+//!   drops it the same way (and leaves a newer incarnation of the node alone).
 //!
 //! Sizes are limited as on the wire ([`MAX_FRAME_BYTES`], bodies re-chunked to
 //! [`STREAM_CHUNK_BYTES`] through a channel of [`STREAM_BODY_CHANNEL_CHUNKS`]), so a test that
@@ -84,6 +85,18 @@ impl MemoryNetwork {
     /// Drops node `node`: it is unreachable and its transport is closed.
     pub fn remove_node(&self, node: PeerId) {
         lock(&self.state).nodes.remove(&node);
+    }
+
+    /// Drops node `node` if it is still incarnation `incarnation` (a restarted node stays).
+    fn remove_incarnation(&self, node: PeerId, incarnation: u64) {
+        let mut state = lock(&self.state);
+        if state
+            .nodes
+            .get(&node)
+            .is_some_and(|current| current.incarnation == incarnation)
+        {
+            state.nodes.remove(&node);
+        }
     }
 
     /// Cuts (`up == false`) or heals the link between `a` and `b`, both directions.
@@ -257,6 +270,13 @@ impl Transport for MemoryTransport {
             .await
             .unwrap_or(Err(TransportError::Timeout { peer: target }))
     }
+
+    /// Leaves the network as [`MemoryNetwork::remove_node`] does, unless the node was restarted
+    /// (added again) since this transport was made.
+    async fn shutdown(&self) {
+        self.network
+            .remove_incarnation(self.node_id, self.incarnation);
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -352,6 +372,31 @@ mod tests {
             .expect("restarted node answers");
         let old = transports[1].call(1, Bytes::new(), TIMEOUT).await;
         assert_eq!(old, Err(TransportError::Closed));
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_this_incarnation_only() {
+        let (network, transports) = three_nodes();
+        transports[1].shutdown().await;
+        assert_eq!(
+            transports[1].call(1, Bytes::new(), TIMEOUT).await,
+            Err(TransportError::Closed)
+        );
+        assert!(matches!(
+            transports[0].call(2, Bytes::new(), TIMEOUT).await,
+            Err(TransportError::Unreachable { .. })
+        ));
+
+        let restarted = network.add_node(3, Arc::new(EchoHandler::new(3)));
+        transports[2].shutdown().await; // the old incarnation stopping late
+        restarted
+            .call(1, Bytes::new(), TIMEOUT)
+            .await
+            .expect("the restarted node still calls");
+        transports[0]
+            .call(3, Bytes::new(), TIMEOUT)
+            .await
+            .expect("the restarted node still answers");
     }
 
     #[tokio::test]

@@ -104,6 +104,10 @@ pub trait Transport: Send + Sync + 'static {
         body: BodyStream,
         timeout: Duration,
     ) -> Result<Bytes, TransportError>;
+
+    /// Stops this node's endpoint: its calls fail with [`TransportError::Closed`] from now on
+    /// and its peers find it unreachable.
+    async fn shutdown(&self);
 }
 
 /// Why an exchange failed.

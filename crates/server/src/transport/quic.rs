@@ -540,6 +540,10 @@ impl Transport for QuicTransport {
             Err(_) => Err(TransportError::Timeout { peer: target }),
         }
     }
+
+    async fn shutdown(&self) {
+        QuicTransport::shutdown(self).await;
+    }
 }
 
 impl PeerLink {
