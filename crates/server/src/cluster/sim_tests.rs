@@ -85,6 +85,8 @@ struct SimNode {
     running: Option<Arc<Node>>,
     /// Snapshot streams the running incarnation installed, by last log index.
     snapshots_installed: Arc<Mutex<Vec<u64>>>,
+    /// The number of writes in each `WriteBatch` the running incarnation received.
+    write_batches: Arc<Mutex<Vec<usize>>>,
 }
 
 impl SimCluster {
@@ -109,6 +111,7 @@ impl SimCluster {
                     data_dir,
                     running: None,
                     snapshots_installed: Arc::default(),
+                    write_batches: Arc::default(),
                 },
             );
             cluster.boot(id).await;
@@ -144,10 +147,13 @@ impl SimCluster {
         let network = self.network.clone();
         let installed: Arc<Mutex<Vec<u64>>> = Arc::default();
         let recorded = installed.clone();
+        let batches: Arc<Mutex<Vec<usize>>> = Arc::default();
+        let recorded_batches = batches.clone();
         let node = Node::start_with_transport(config, move |handler| async move {
             let handler = Arc::new(RecordingHandler {
                 inner: handler,
                 snapshots_installed: recorded,
+                write_batches: recorded_batches,
             });
             Ok(network.add_node(id, handler) as Arc<dyn Transport>)
         })
@@ -156,6 +162,7 @@ impl SimCluster {
         let slot = self.nodes.get_mut(&id).expect("a known node");
         slot.running = Some(node);
         slot.snapshots_installed = installed;
+        slot.write_batches = batches;
     }
 
     /// Crashes node `id`: it drops off the network at once, then its groups are stopped and the
@@ -277,15 +284,25 @@ impl SimCluster {
 }
 
 /// Serves a node's peers as its [`crate::cluster::handler::PeerHandler`] does, and records the
-/// snapshots it installed (a snapshot stream answered with a snapshot response).
+/// snapshots it installed (a snapshot stream answered with a snapshot response) and the sizes of
+/// the forwarded write batches it received.
 struct RecordingHandler {
     inner: Arc<dyn Handler>,
     snapshots_installed: Arc<Mutex<Vec<u64>>>,
+    write_batches: Arc<Mutex<Vec<usize>>>,
 }
 
 #[async_trait::async_trait]
 impl Handler for RecordingHandler {
     async fn handle(&self, from: PeerId, request: Bytes) -> Result<Bytes, String> {
+        if let Ok(rpc::PeerRequest::WriteBatch { requests, .. }) =
+            rpc::decode::<rpc::PeerRequest>(&request)
+        {
+            self.write_batches
+                .lock()
+                .expect("write batch record")
+                .push(requests.len());
+        }
         self.inner.handle(from, request).await
     }
 
@@ -514,6 +531,53 @@ async fn writes_through_every_node_are_read_linearizably_everywhere() {
         }
     }
     cluster.converged("t").await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_at_a_non_leader_are_forwarded_in_batches_each_applied_once() {
+    const WRITES: usize = 300;
+    let cluster = SimCluster::start(3, DEFAULT_SNAPSHOTS).await;
+    cluster.create_table(1, "t").await;
+    let leader = cluster.table_leader("t", &[1, 2, 3]).await;
+    let via = (1..=3).find(|id| *id != leader).expect("a non-leader");
+    let node = cluster.node(via);
+    // All at once: while the first forwarded batches are in flight (at most 4 per queue), the
+    // others wait in the queue and leave together.
+    let results = futures::future::join_all((0..WRITES).map(|n| {
+        let node = node.clone();
+        async move {
+            let key = format!("batched-{n:05}");
+            put(&node, "t", &key, &format!("value-{key}")).await
+        }
+    }))
+    .await;
+    let mut indexes: Vec<u64> = results
+        .into_iter()
+        .enumerate()
+        .map(|(n, result)| result.unwrap_or_else(|error| panic!("write {n}: {error}")))
+        .collect();
+    drop(node);
+    indexes.sort_unstable();
+    indexes.dedup();
+    assert_eq!(indexes.len(), WRITES, "each write has its own log entry");
+    let batches = cluster.nodes[&leader]
+        .write_batches
+        .lock()
+        .expect("write batch record")
+        .clone();
+    assert!(
+        batches.iter().any(|writes| *writes > 1),
+        "no forwarded batch carried more than one write: {batches:?}"
+    );
+    assert!(
+        batches
+            .iter()
+            .all(|writes| *writes <= super::forward::MAX_BATCH),
+        "a batch exceeds the limit: {batches:?}"
+    );
+    cluster.converged("t").await;
+    assert_present(&cluster, "t", "batched-", 0..WRITES as u64);
     cluster.stop().await;
 }
 
