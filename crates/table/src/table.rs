@@ -256,13 +256,29 @@ impl Table {
     /// writer once a keyspace has 4 sealed memtables or 20 level-0 runs). Callers on an async
     /// runtime move such an apply off the worker thread; the common small batch runs inline.
     pub fn apply_may_block(&self, entries: &[ApplyEntry<'_>]) -> bool {
-        const INLINE_ENTRIES: usize = 256;
-        if entries.len() > INLINE_ENTRIES
-            || entries
-                .iter()
-                .any(|entry| entry.command.is_some_and(is_load_command))
+        // Writes in the batch, counting the commands nested in SEQUENCE (a follower cluster's
+        // replicated batch: one entry of up to 4 MiB), PUT_BATCH/DELETE_BATCH and TXN.
+        const INLINE_WRITES: usize = 256;
+        fn writes(command: &pb::Command) -> usize {
+            1 + command.batch.len()
+                + command
+                    .txn
+                    .as_ref()
+                    .map_or(0, |txn| txn.success.len() + txn.failure.len())
+                + command.sequence.iter().map(writes).sum::<usize>()
+        }
+        if entries
+            .iter()
+            .any(|entry| entry.command.is_some_and(is_load_command))
         {
             return true;
+        }
+        let mut total = 0;
+        for entry in entries {
+            total += entry.command.map_or(1, writes);
+            if total > INLINE_WRITES {
+                return true;
+            }
         }
         let generation = self.read_state().generation.clone();
         [&generation.latest, &generation.history]

@@ -283,3 +283,40 @@ fn a_load_command_must_be_applied_alone() {
     ));
     assert_eq!(table.staged_load(), Some((1, 0)));
 }
+
+fn entries(commands: &[pb::Command]) -> Vec<ApplyEntry<'_>> {
+    commands
+        .iter()
+        .enumerate()
+        .map(|(i, command)| ApplyEntry {
+            revision: Revision(2 + i as u64),
+            command: Some(command),
+        })
+        .collect()
+}
+
+#[test]
+fn large_batches_loads_and_long_sequences_may_block_small_batches_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path()).unwrap();
+    let table = Table::open(&storage, TableId(10001)).unwrap();
+    let small: Vec<pb::Command> = (0..20).map(|n| put(&format!("k{n}"), vec![1])).collect();
+    assert!(!table.apply_may_block(&entries(&small)));
+    let large: Vec<pb::Command> = (0..300).map(|n| put(&format!("k{n}"), vec![1])).collect();
+    assert!(table.apply_may_block(&entries(&large)));
+    // One entry carrying many writes (a follower cluster's replicated SEQUENCE) counts them all.
+    let sequence = pb::Command {
+        r#type: CommandType::Sequence as i32,
+        sequence: large.clone(),
+        ..Default::default()
+    };
+    assert!(table.apply_may_block(&entries(std::slice::from_ref(&sequence))));
+    let begin = pb::Command {
+        r#type: CommandType::LoadBegin as i32,
+        load_id: 1,
+        ..Default::default()
+    };
+    assert!(table.apply_may_block(&entries(std::slice::from_ref(&begin))));
+    // The small batch still applies (inline or not, the outcome is the same).
+    assert_eq!(apply(&table, 21, &small).len(), 20);
+}
