@@ -52,6 +52,26 @@ impl TableGroup {
     }
 }
 
+/// Creates `dir`, or empties it of what a previous run of the node left there.
+fn clear_temporary_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let removed = if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match removed {
+            Ok(()) => tracing::info!(path = %path.display(), "removed a leftover temporary file"),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
 pub struct Node {
     pub config: ServerConfig,
     pub node_id: NodeId,
@@ -114,8 +134,10 @@ impl Node {
         let members = config.members().map_err(anyhow::Error::msg)?;
         let node_id = NodeId(config.raft.node_id);
         std::fs::create_dir_all(&config.data_dir)?;
-        std::fs::create_dir_all(config.data_dir.join("tmp"))?;
         let storage = Storage::open(&config.data_dir.join("db"))?;
+        // Only now that the database is ours (its lock taken): spool files a crashed
+        // incarnation left behind (a restore's or a follower bootstrap's) are garbage.
+        clear_temporary_dir(&config.data_dir.join("tmp"))?;
         let log = LogEngine::open(&config.data_dir.join("raft-log"), &storage)?;
         let raft_config = crate::groups::raft_config(
             config.raft.rtt,

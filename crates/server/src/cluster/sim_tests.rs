@@ -684,8 +684,16 @@ async fn a_restarted_node_catches_up_from_the_log() {
     cluster.crash(3).await;
     put_many(&cluster.node(1), "t", "b", 0..10).await;
     put_many(&cluster.node(2), "t", "c", 0..10).await;
+    // A spool file the crashed node left (a restore's or a bootstrap's) is removed at start.
+    let leftover = cluster.nodes[&3]
+        .data_dir
+        .path()
+        .join("tmp")
+        .join(".tmpSpool");
+    std::fs::write(&leftover, b"half a snapshot").expect("leftover spool");
 
     cluster.boot(3).await;
+    assert!(!leftover.exists(), "the leftover spool file is still there");
     cluster.converged("t").await;
     for prefix in ["a", "b", "c"] {
         let count = if prefix == "a" { 20 } else { 10 };
