@@ -316,3 +316,38 @@ mod tests {
         assert_eq!(lag.report(0).leader_index, 0);
     }
 }
+
+/// A status from the leader cluster with its causes: for a refused TLS handshake or a refused
+/// connection, tonic's message alone is only "operation was canceled" or "transport error".
+pub(crate) fn describe_status(status: &tonic::Status) -> String {
+    use std::error::Error;
+    let mut text = status.message().to_string();
+    let mut cause = status.source();
+    while let Some(error) = cause {
+        let next = error.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = error.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod status_tests {
+    #[test]
+    fn causes_are_appended_once() {
+        let io = std::io::Error::other("invalid peer certificate: UnknownIssuer");
+        let mut status = tonic::Status::unavailable("operation was canceled");
+        status.set_source(std::sync::Arc::new(io));
+        assert_eq!(
+            super::describe_status(&status),
+            "operation was canceled: invalid peer certificate: UnknownIssuer"
+        );
+        assert_eq!(
+            super::describe_status(&tonic::Status::unavailable("plain")),
+            "plain"
+        );
+    }
+}

@@ -64,7 +64,7 @@ async fn reconcile_once(follower: &Follower, node: &Arc<Node>) -> Result<(), Str
         Err(status) => {
             follower.leader_reachable.store(false, Ordering::Relaxed);
             follower.rotate();
-            return Err(format!("Metadata.Get: {}", status.message()));
+            return Err(format!("Metadata.Get: {}", super::describe_status(&status)));
         }
     };
     let desired: BTreeMap<String, Option<u64>> = response

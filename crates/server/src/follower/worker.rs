@@ -143,7 +143,10 @@ async fn session(
             if status.code() == tonic::Code::Unavailable {
                 follower.rotate();
             }
-            return Err(format!("Log.Replicate: {}", status.message()));
+            return Err(format!(
+                "Log.Replicate: {}",
+                super::describe_status(&status)
+            ));
         }
     };
     // A reader task keeps receiving while a batch is being proposed, so that everything that
@@ -156,7 +159,10 @@ async fn session(
             let next = match tokio::time::timeout(STREAM_IDLE_TIMEOUT, stream.message()).await {
                 Ok(Ok(Some(message))) => Ok(message),
                 Ok(Ok(None)) => return,
-                Ok(Err(status)) => Err(format!("Log.Replicate stream: {}", status.message())),
+                Ok(Err(status)) => Err(format!(
+                    "Log.Replicate stream: {}",
+                    super::describe_status(&status)
+                )),
                 Err(_) => Err("Log.Replicate stream went silent".to_string()),
             };
             let failed = next.is_err();
@@ -324,7 +330,10 @@ async fn bootstrap(
             if status.code() == tonic::Code::Unavailable {
                 follower.rotate();
             }
-            return Err(format!("Snapshot.Stream: {}", status.message()));
+            return Err(format!(
+                "Snapshot.Stream: {}",
+                super::describe_status(&status)
+            ));
         }
     };
     let spool = tempfile::NamedTempFile::new_in(node.temporary_dir())
@@ -347,7 +356,12 @@ async fn bootstrap(
                     .map_err(|error| format!("writing the spool file: {error}"))?;
             }
             Ok(None) => break,
-            Err(status) => return Err(format!("Snapshot.Stream: {}", status.message())),
+            Err(status) => {
+                return Err(format!(
+                    "Snapshot.Stream: {}",
+                    super::describe_status(&status)
+                ));
+            }
         }
     }
     tokio::task::block_in_place(|| writer.flush())
