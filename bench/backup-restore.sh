@@ -17,10 +17,12 @@
 #                            table, backup)
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH_NAME=backup-restore
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 export ARMADA_BACKUP_BENCH_MB=${ARMADA_BACKUP_BENCH_MB:-500}
 
-echo "backup-restore: ${ARMADA_BACKUP_BENCH_MB} MiB table, $(nproc) CPUs, $(uname -sr), $(date -u +%FT%TZ)" >&2
+log "${ARMADA_BACKUP_BENCH_MB} MiB table, $(nproc) CPUs, $(uname -sr), $(date -u +%FT%TZ)"
 cargo test --release --locked --test backup -- \
   --ignored --exact --nocapture large_table_round_trip_with_flat_memory

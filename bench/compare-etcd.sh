@@ -18,7 +18,9 @@
 #   NODES           members of each cluster, 1 or 3 (default 1); clients use every member
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH_NAME=compare-etcd
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ARMADA=${ARMADA_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/armada}
 RUN_SECONDS=${RUN_SECONDS:-10}
 WARMUP=${WARMUP:-1s}
@@ -42,9 +44,6 @@ MATRIX=(
   "mixed mixed 64"
 )
 
-log() { echo "compare-etcd: $*" >&2; }
-die() { log "$*"; exit 1; }
-
 # --- prerequisites -------------------------------------------------------------------------
 
 install_etcd() {
@@ -62,7 +61,7 @@ install_etcd() {
 build_armada() {
   [ -x "$ARMADA" ] && return
   log "building $ARMADA"
-  (cd "$ROOT" && cargo build --release --bin armada) || die "cannot build armada"
+  cargo_build_armada
   [ -x "$ARMADA" ] || die "no binary at $ARMADA (set ARMADA_BIN)"
 }
 
@@ -87,45 +86,7 @@ command -v jq >/dev/null || command -v python3 >/dev/null || die "jq or python3 
 # --- processes -----------------------------------------------------------------------------
 
 WORK=$(mktemp -d -t armada-compare-XXXXXX)
-PIDS=()
-
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 50); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  if [ "${KEEP_WORKDIR:-0}" = 1 ]; then
-    log "kept $WORK"
-  else
-    rm -rf "$WORK"
-  fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-USED_PORTS=" "
-free_port() {
-  local port
-  for _ in $(seq 100); do
-    port=$((20000 + RANDOM % 40000))
-    case "$USED_PORTS" in *" $port "*) continue ;; esac
-    # Nothing answers on it (a refused connection means free).
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      USED_PORTS="$USED_PORTS$port "
-      echo "$port"
-      return
-    fi
-  done
-  die "no free port found"
-}
+cleanup_on_exit "$WORK"
 
 # wait_ready NAME PID LOG COMMAND...: until COMMAND succeeds, the process dies, or the deadline.
 wait_ready() {
@@ -227,7 +188,7 @@ run_bench() {
 }
 
 metric() { # file expression
-  [ -s "$1" ] && json_field "$1" "$2" || true
+  if [ -s "$1" ]; then json_field "$1" "$2" || true; fi
 }
 
 count_or_na() { printf "%s" "${1:-n/a}"; }

@@ -38,7 +38,9 @@
 #   KEEP_WORKDIR=1        keep the temporary directory (logs, JSON results)
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH_NAME=replication-lag
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 RATES=${RATES:-1000 10000}
 FOLLOWER_SIZES=${FOLLOWER_SIZES:-1 3}
 RUN_SECONDS=${RUN_SECONDS:-20}
@@ -55,105 +57,17 @@ LAG_TABLE=bench
 BOOTSTRAP_TABLE=bootstrap
 PROBE_KEY=armada-bench-bootstrap-probe
 
-log() { echo "replication-lag: $*" >&2; }
-die() {
-  log "$*"
-  exit 1
-}
-
 command -v jq >/dev/null || die "jq is needed"
-LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD_AT_START=$(load_average)
 
-if [ -n "${ARMADA_BIN:-}" ]; then
-  ARMADA=$ARMADA_BIN
-else
-  ARMADA=${CARGO_TARGET_DIR:-$ROOT/target}/release/armada
-  log "building $ARMADA (release)"
-  (cd "$ROOT" && cargo build --release --bin armada) || die "cannot build armada"
-fi
-[ -x "$ARMADA" ] || die "no binary at $ARMADA"
+use_armada_bin
 
 # --- processes -----------------------------------------------------------------------------
 
 WORK=$(mktemp -d -t armada-lag-XXXXXX)
 # Where node data directories go (the bootstrap may move it, see BOOTSTRAP_DIR).
 NODE_BASE=$WORK
-BOOT_WORK=""
-PIDS=()
-
-stop_pid() { # pid: SIGTERM, up to 5 s, then SIGKILL
-  local pid=$1
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 50); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    stop_pid "$pid"
-  done
-  if [ "${KEEP_WORKDIR:-0}" = 1 ]; then
-    log "kept $WORK $BOOT_WORK"
-  else
-    rm -rf "$WORK"
-    [ -z "$BOOT_WORK" ] || rm -rf "$BOOT_WORK"
-  fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# forget PID...: no longer ours to stop (ended or stopped).
-forget() {
-  local pid kept=()
-  for pid in "${PIDS[@]}"; do
-    case " $* " in *" $pid "*) ;; *) kept+=("$pid") ;; esac
-  done
-  PIDS=("${kept[@]}")
-}
-
-# stop_nodes PID...: stops them and forgets them.
-stop_nodes() {
-  local pid
-  for pid in "$@"; do
-    stop_pid "$pid"
-  done
-  forget "$@"
-}
-
-# run_child COMMAND...: runs COMMAND in the background and waits for it. Bash runs a trap only
-# once the foreground command has ended, so a long foreground run would delay the clean-up
-# on Ctrl-C or SIGTERM; `wait` is interrupted at once, and the trap stops the child too.
-run_child() {
-  "$@" &
-  local pid=$! status=0
-  PIDS+=("$pid")
-  wait "$pid" || status=$?
-  forget "$pid"
-  return "$status"
-}
-
-USED_PORTS=" "
-free_port() {
-  local port
-  for _ in $(seq 100); do
-    port=$((20000 + RANDOM % 40000))
-    case "$USED_PORTS" in *" $port "*) continue ;; esac
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      USED_PORTS="$USED_PORTS$port "
-      echo "$port"
-      return
-    fi
-  done
-  die "no free port found"
-}
+cleanup_on_exit "$WORK"
 
 # start_node SUBCOMMAND NAME ARGS...: starts a node with its data in $NODE_BASE/NAME and its
 # log in $WORK/NAME.log; sets STARTED_PID.
@@ -171,22 +85,7 @@ start_node() {
 
 # listen_address NAME PID FIELD: waits for the node's listen.json, prints the FIELD address.
 listen_address() {
-  local name=$1 pid=$2 field=$3
-  local file="$NODE_BASE/$name/listen.json" deadline=$((SECONDS + READY_SECONDS))
-  until [ -s "$file" ] && jq -e ".$field" "$file" >/dev/null 2>&1; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      log "$name exited during start-up; last log lines:"
-      tail -n 20 "$WORK/$name.log" >&2 || true
-      return 1
-    fi
-    if [ "$SECONDS" -ge "$deadline" ]; then
-      log "$name did not start within ${READY_SECONDS}s; last log lines:"
-      tail -n 20 "$WORK/$name.log" >&2 || true
-      return 1
-    fi
-    sleep 0.1
-  done
-  jq -r ".$field" "$file"
+  wait_listen "$1" "$2" "$WORK/$1.log" "$NODE_BASE/$1/listen.json" "$3"
 }
 
 # start_cluster SUBCOMMAND PREFIX SIZE ARGS...: SIZE nodes PREFIX1..; sets CLUSTER_PIDS and
@@ -212,9 +111,6 @@ start_cluster() {
   CLUSTER_REPLICATION=$(listen_address "${prefix}1" "${CLUSTER_PIDS[0]}" replication)
   log "$subcommand cluster $prefix ($size nodes) serving at ${CLUSTER_APIS[*]}"
 }
-
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 
 # header_revision ADDRESS TABLE: the revision a serializable read of the table answers with.
 header_revision() {
@@ -255,9 +151,9 @@ run_lag() {
       fi
       LAG_ROWS+=("$(lag_row "$size" "$rate" "$out")")
     done
-    stop_nodes "${CLUSTER_PIDS[@]}"
+    stop_pids "${CLUSTER_PIDS[@]}"
   done
-  stop_nodes "${leader_pids[@]}"
+  stop_pids "${leader_pids[@]}"
 }
 
 ms() { awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'; }
@@ -286,15 +182,12 @@ lag_row() { # size rate json
 # holds ~2x the logical size (latest + history; ~4x with the default log retention), the
 # follower ~4.5x at its peak (spool, Raft log, latest + history); 8x leaves a margin.
 check_room() {
-  local dir=$1 need_kib=$((BOOTSTRAP_MIB * 8 * 1024)) avail_kib memory_kib
-  avail_kib=$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')
-  [ "$avail_kib" -ge "$need_kib" ] ||
-    die "bootstrap of ${BOOTSTRAP_MIB} MiB needs ~$((need_kib / 1048576)) GiB in $dir, only $((avail_kib / 1048576)) GiB free (set BOOTSTRAP_DIR or BOOTSTRAP_MIB)"
-  if [ "$(stat -f -c %T "$dir")" = tmpfs ]; then
-    memory_kib=$(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo)
-    [ "$memory_kib" -ge $((need_kib + 8 * 1048576)) ] ||
-      die "bootstrap on tmpfs needs ~$((need_kib / 1048576)) GiB of memory + 8 GiB to spare, only $((memory_kib / 1048576)) GiB available"
-  fi
+  local dir=$1 need_kib=$((BOOTSTRAP_MIB * 8 * 1024))
+  room_check "$dir" "$need_kib" && return
+  case $ROOM_SHORT in
+    disk) die "bootstrap of ${BOOTSTRAP_MIB} MiB needs ~$((need_kib / 1048576)) GiB in $dir, only $((ROOM_AVAIL_KIB / 1048576)) GiB free (set BOOTSTRAP_DIR or BOOTSTRAP_MIB)" ;;
+    *) die "bootstrap on tmpfs needs ~$((need_kib / 1048576)) GiB of memory + 8 GiB to spare, only $((ROOM_AVAIL_KIB / 1048576)) GiB available" ;;
+  esac
 }
 
 BOOTSTRAP_LINES=()
@@ -302,12 +195,12 @@ run_bootstrap() {
   local keys=$((BOOTSTRAP_MIB * 1048576 / BOOTSTRAP_VALUE_SIZE))
   local logical=$((keys * (KEY_SIZE + BOOTSTRAP_VALUE_SIZE)))
   if [ -n "${BOOTSTRAP_DIR:-}" ]; then
-    BOOT_WORK=$(mktemp -d -p "$BOOTSTRAP_DIR" armada-lag-boot-XXXXXX)
-    NODE_BASE=$BOOT_WORK
+    NODE_BASE=$(mktemp -d -p "$BOOTSTRAP_DIR" armada-lag-boot-XXXXXX)
+    WORK_DIRS+=("$NODE_BASE")
   fi
   check_room "$NODE_BASE"
   local storage
-  storage="$NODE_BASE ($(stat -f -c %T "$NODE_BASE"))"
+  storage="$NODE_BASE ($(fs_type "$NODE_BASE"))"
   local leader_pids leader_api leader_replication started written revision hash
   # The leader keeps 100 entries after each snapshot instead of 5,000: its disk holds the
   # table once more instead of twice. The follower's bootstrap reads the state machine, not
@@ -328,7 +221,7 @@ run_bootstrap() {
   written=$(elapsed "$started" "$(now)")
   revision=$(header_revision "$leader_api" "$BOOTSTRAP_TABLE")
   hash=$(table_field "$leader_api" "$BOOTSTRAP_TABLE" content_hash)
-  [ -n "$revision" ] && [ -n "$hash" ] || die "cannot read the leader's revision and hash"
+  if [ -z "$revision" ] || [ -z "$hash" ]; then die "cannot read the leader's revision and hash"; fi
   local leader_db leader_log
   leader_db=$(table_field "$leader_api" "$BOOTSTRAP_TABLE" db_size)
   leader_log=$(table_field "$leader_api" "$BOOTSTRAP_TABLE" log_size)
@@ -366,7 +259,7 @@ run_bootstrap() {
     grep -m1 "bootstrapped the table" || true)
   stream_bytes=$(echo "$follower_line" | grep -o 'bytes=[0-9]*' | cut -d= -f2)
   install_seconds=$(echo "$follower_line" | grep -o 'seconds=[0-9.]*' | cut -d= -f2)
-  stop_nodes "${CLUSTER_PIDS[@]}"
+  stop_pids "${CLUSTER_PIDS[@]}"
 
   local mb_per_s
   mb_per_s=$(awk -v bytes="$logical" -v s="$at_revision" 'BEGIN { printf "%.1f", bytes / 1e6 / s }')
@@ -378,7 +271,7 @@ run_bootstrap() {
     "- follower peak RSS (VmHWM) during the bootstrap: $((peak_rss_kib / 1024)) MiB"
     "- follower's log: snapshot stream of ${stream_bytes:-?} B received and installed in $(printf '%.2f' "${install_seconds:-0}") s (from the start of Snapshot.Stream to the end of the staged load)"
   )
-  stop_nodes "${leader_pids[@]}"
+  stop_pids "${leader_pids[@]}"
 }
 
 # --- run and report ------------------------------------------------------------------------
@@ -389,9 +282,7 @@ run_bootstrap() {
 {
   echo "## Replication lag and bootstrap, $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
-  echo "- machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n 1), $(free -g | awk '/^Mem:/ { print $2 }') GiB, $(uname -sr)"
-  echo "- load average (1, 5, 15 min) at start: $LOAD_AT_START; at end: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "- armada: $("$ARMADA" version 2>/dev/null || echo unknown), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  report_machine "$LOAD_AT_START"
   if [ "${SKIP_LAG:-0}" != 1 ]; then
     echo "- lag runs: ${RUN_SECONDS}s measured after ${WARMUP} warm-up; keys $KEYS x ${KEY_SIZE} B, values ${VALUE_SIZE} B; $CONNECTIONS connections; follower node 1 probed every 1 ms"
     echo

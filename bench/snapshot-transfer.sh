@@ -50,7 +50,9 @@
 #   KEEP_WORKDIR=1       keep the temporary directory (logs, JSON)
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH_NAME=snapshot-transfer
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SIZE_MIB=${SIZE_MIB:-1024}
 VALUE_KIB=${VALUE_KIB:-1024}
 KEY_SIZE=${KEY_SIZE:-16}
@@ -64,109 +66,31 @@ READY_SECONDS=${READY_SECONDS:-60}
 CATCHUP_TIMEOUT=${CATCHUP_TIMEOUT:-1800}
 TABLE=snap
 
-log() { echo "snapshot-transfer: $*" >&2; }
-die() {
-  log "$*"
-  exit 1
-}
-
 command -v jq >/dev/null || die "jq is needed"
 command -v curl >/dev/null || die "curl is needed"
 if [ "$VALUE_KIB" -lt 1 ] || [ "$VALUE_KIB" -gt 2048 ]; then die "VALUE_KIB must be 1..2048"; fi
 for variant in $WIPE; do
   case $variant in 0 | 1) ;; *) die "WIPE must be 0 and/or 1, not $variant" ;; esac
 done
-LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD_AT_START=$(load_average)
 STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
 # Room first: the disk may be shared, and a full disk hurts everyone on it.
 mkdir -p "$WORK_BASE"
 NEED_KIB=$((SIZE_MIB * ROOM_FACTOR * 1024))
-AVAIL_KIB=$(df -Pk "$WORK_BASE" | awk 'NR == 2 { print $4 }')
-[ "$AVAIL_KIB" -ge "$NEED_KIB" ] ||
-  die "${SIZE_MIB} MiB needs ~$((NEED_KIB / 1024)) MiB free in $WORK_BASE, only $((AVAIL_KIB / 1024)) MiB (set WORK_BASE or SIZE_MIB)"
-if [ "$(stat -f -c %T "$WORK_BASE")" = tmpfs ]; then
-  MEMORY_KIB=$(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo)
-  [ "$MEMORY_KIB" -ge $((NEED_KIB + 8 * 1048576)) ] ||
-    die "on tmpfs ${SIZE_MIB} MiB needs ~$((NEED_KIB / 1024)) MiB of memory + 8 GiB to spare"
+if ! room_check "$WORK_BASE" "$NEED_KIB"; then
+  case $ROOM_SHORT in
+    disk) die "${SIZE_MIB} MiB needs ~$((NEED_KIB / 1024)) MiB free in $WORK_BASE, only $((ROOM_AVAIL_KIB / 1024)) MiB (set WORK_BASE or SIZE_MIB)" ;;
+    *) die "on tmpfs ${SIZE_MIB} MiB needs ~$((NEED_KIB / 1024)) MiB of memory + 8 GiB to spare" ;;
+  esac
 fi
 
-if [ -n "${ARMADA_BIN:-}" ]; then
-  ARMADA=$ARMADA_BIN
-else
-  ARMADA=${CARGO_TARGET_DIR:-$ROOT/target}/release/armada
-  log "building $ARMADA (release)"
-  (cd "$ROOT" && cargo build --release --bin armada) || die "cannot build armada"
-fi
-[ -x "$ARMADA" ] || die "no binary at $ARMADA"
+use_armada_bin
 
 # --- processes -----------------------------------------------------------------------------
 
 WORK=$(mktemp -d -p "$WORK_BASE" armada-snap-XXXXXX)
-PIDS=()
-
-stop_pid() { # pid: SIGTERM, up to 5 s, then SIGKILL
-  local pid=$1
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 50); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    stop_pid "$pid"
-  done
-  if [ "${KEEP_WORKDIR:-0}" = 1 ]; then
-    log "kept $WORK"
-  else
-    rm -rf "$WORK"
-  fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# forget PID...: no longer ours to stop (ended or stopped).
-forget() {
-  local pid kept=()
-  for pid in "${PIDS[@]}"; do
-    case " $* " in *" $pid "*) ;; *) kept+=("$pid") ;; esac
-  done
-  PIDS=("${kept[@]}")
-}
-
-# run_child COMMAND...: runs COMMAND in the background and waits for it, so that Ctrl-C or
-# SIGTERM interrupt `wait` at once and the trap stops the child too.
-run_child() {
-  "$@" &
-  local pid=$! status=0
-  PIDS+=("$pid")
-  wait "$pid" || status=$?
-  forget "$pid"
-  return "$status"
-}
-
-USED_PORTS=" "
-free_port() {
-  local port
-  for _ in $(seq 100); do
-    port=$((20000 + RANDOM % 40000))
-    case "$USED_PORTS" in *" $port "*) continue ;; esac
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      USED_PORTS="$USED_PORTS$port "
-      echo "$port"
-      return
-    fi
-  done
-  die "no free port found"
-}
+cleanup_on_exit "$WORK"
 
 # Node I's data directory, log (appended to across restarts), Raft port and PID.
 node_dir() { echo "$WORK/node$1"; }
@@ -195,35 +119,11 @@ start_node() {
 
 # listen_address I FIELD: waits for node I's listen.json, prints the FIELD address.
 listen_address() {
-  local i=$1 field=$2
-  local file
-  file="$(node_dir "$i")/listen.json"
-  local deadline=$((SECONDS + READY_SECONDS))
-  until [ -s "$file" ] && jq -e ".$field" "$file" >/dev/null 2>&1; do
-    if ! kill -0 "${NODE_PIDS[$i]}" 2>/dev/null; then
-      log "node $i exited during start-up; last log lines:"
-      tail -n 20 "$(node_log "$i")" >&2 || true
-      return 1
-    fi
-    if [ "$SECONDS" -ge "$deadline" ]; then
-      log "node $i did not start within ${READY_SECONDS}s; last log lines:"
-      tail -n 20 "$(node_log "$i")" >&2 || true
-      return 1
-    fi
-    sleep 0.1
-  done
-  jq -r ".$field" "$file"
+  wait_listen "node $1" "${NODE_PIDS[$1]}" "$(node_log "$1")" "$(node_dir "$1")/listen.json" "$2"
 }
 
 # stop_node I: stops node I (SIGTERM, then SIGKILL) and forgets it.
-stop_node() {
-  local pid=${NODE_PIDS[$1]}
-  stop_pid "$pid"
-  forget "$pid"
-}
-
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+stop_node() { stop_pids "${NODE_PIDS[$1]}"; }
 kib_to_mib() { awk -v k="$1" 'BEGIN { printf "%.0f", k / 1024 }'; }
 
 # status ADDRESS: `armada status --json` of the node at ADDRESS.
@@ -447,10 +347,8 @@ done
 {
   echo "### Snapshot transfer, $STARTED_AT"
   echo
-  echo "- machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n 1), $(free -g | awk '/^Mem:/ { print $2 }') GiB, $(uname -sr)"
-  echo "- load average (1, 5, 15 min) at start: $LOAD_AT_START; at end: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "- armada: $("$ARMADA" version 2>/dev/null || echo unknown), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-  echo "- 3-node leader cluster on loopback, data in $WORK_BASE ($(stat -f -c %T "$WORK_BASE")); --raft.snapshot-entries $SNAPSHOT_ENTRIES --raft.compaction-overhead $COMPACTION_OVERHEAD; keys $KEY_SIZE B, incompressible values"
+  report_machine "$LOAD_AT_START"
+  echo "- 3-node leader cluster on loopback, data in $WORK_BASE ($(fs_type "$WORK_BASE")); --raft.snapshot-entries $SNAPSHOT_ENTRIES --raft.compaction-overhead $COMPACTION_OVERHEAD; keys $KEY_SIZE B, incompressible values"
   echo
   echo "| node 3 | MiB | keys × value | write s | catch-up s | MB/s | receiver RSS MiB: start → peak (VmHWM) → end | sender RSS MiB: before → peak (VmHWM) → end | snapshots installed | hashes equal |"
   echo "|---|---:|---:|---:|---:|---:|---|---|---:|---|"
