@@ -240,18 +240,22 @@ async fn table_on_every_node(cluster: &Cluster, table: &str) {
     }
 }
 
-/// The node currently leading a table's group, as node 1..n sees it.
+/// The node leading a table's group, once every running node names the same running one.
 async fn raft_leader_of(cluster: &Cluster, table: &str) -> u64 {
-    eventually(Duration::from_secs(30), "a Raft leader", || async {
+    // Every running node must name the same running leader: one node's view alone can be
+    // stale (an election it has not heard of yet), and a test acting on it would act on a
+    // node that no longer leads.
+    eventually(Duration::from_secs(30), "an agreed Raft leader", || async {
+        let mut agreed = None;
         for node in cluster.nodes.iter().filter(|node| node.is_running()) {
-            if let Some((_, _, leader)) = table_state(node, table).await
-                && let Ok(leader) = leader.parse::<u64>()
-                && cluster.node(leader).is_running()
-            {
-                return Some(leader);
+            let (_, _, leader) = table_state(node, table).await?;
+            let leader = leader.parse::<u64>().ok()?;
+            if agreed.is_some_and(|agreed| agreed != leader) {
+                return None;
             }
+            agreed = Some(leader);
         }
-        None
+        agreed.filter(|leader| cluster.node(*leader).is_running())
     })
     .await
 }
