@@ -27,6 +27,9 @@ use pb::response_op::Response;
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
+/// A key written to latest by an apply and its new create revision (`None`: deleted).
+pub(crate) type WrittenKey = (Bytes, Option<Revision>);
+
 /// Pending history versions: `(key, revision) → Some((create_revision, value))` or tombstone.
 type PendingHistory = BTreeMap<(Bytes, Revision), Option<(Revision, Bytes)>>;
 
@@ -209,8 +212,16 @@ impl<'a> Applier<'a> {
         revision: Revision,
         want_prev: bool,
     ) -> Result<Option<pb::KeyValue>> {
-        let previous = self.reader().get(key)?;
-        let create_revision = previous.as_ref().map_or(revision, |p| p.create_revision);
+        let previous = if want_prev {
+            self.reader().get(key)?
+        } else {
+            None
+        };
+        let create_revision = match &previous {
+            Some(previous) => previous.create_revision,
+            None if want_prev => revision,
+            None => self.create_revision_of(key)?.unwrap_or(revision),
+        };
         self.history.insert(
             (key.clone(), revision),
             Some((create_revision, value.clone())),
@@ -221,9 +232,19 @@ impl<'a> Applier<'a> {
             value: value.clone(),
         };
         self.overlay.insert(key.clone(), Some(latest));
-        Ok(previous
-            .filter(|_| want_prev)
-            .map(|previous| previous.to_key_value(key.clone())))
+        Ok(previous.map(|previous| previous.to_key_value(key.clone())))
+    }
+
+    /// The create revision of `key`'s live version as this batch sees it: the overlay, then
+    /// the generation's create-revision cache, then the stored record.
+    fn create_revision_of(&self, key: &[u8]) -> Result<Option<Revision>> {
+        if let Some(pending) = self.overlay.get(key) {
+            return Ok(pending.as_ref().map(|latest| latest.create_revision));
+        }
+        if let Some(cached) = self.generation.create_revisions.get(key) {
+            return Ok(Some(cached));
+        }
+        Ok(self.reader().get(key)?.map(|latest| latest.create_revision))
     }
 
     /// Deletes `key` (or the range); `deleted` is always the exact number of keys deleted.
@@ -298,17 +319,30 @@ impl<'a> Applier<'a> {
         Ok(succeeded)
     }
 
-    /// The write batch of everything applied (the caller adds the position and commits).
-    pub fn into_batch(self, database: &Database) -> Result<OwnedWriteBatch> {
+    /// The write batch of everything applied (the caller adds the position and commits), and
+    /// each key written to latest with its new create revision (`None`: deleted), for the
+    /// create-revision cache once the batch has committed.
+    pub fn into_batch(self, database: &Database) -> Result<(OwnedWriteBatch, Vec<WrittenKey>)> {
         let mut batch = database.batch();
+        let mut written = Vec::with_capacity(self.overlay.len());
         for (key, latest) in self.overlay {
             match latest {
-                Some(latest) => batch.insert(
-                    &self.generation.latest,
-                    key,
-                    mvcc::encode_latest(latest.create_revision, latest.mod_revision, &latest.value),
-                ),
-                None => batch.remove(&self.generation.latest, key),
+                Some(latest) => {
+                    written.push((key.clone(), Some(latest.create_revision)));
+                    batch.insert(
+                        &self.generation.latest,
+                        key,
+                        mvcc::encode_latest(
+                            latest.create_revision,
+                            latest.mod_revision,
+                            &latest.value,
+                        ),
+                    );
+                }
+                None => {
+                    written.push((key.clone(), None));
+                    batch.remove(&self.generation.latest, key);
+                }
             }
         }
         for ((key, revision), version) in self.history {
@@ -325,7 +359,7 @@ impl<'a> Applier<'a> {
                 mvcc::encode_history_version(&version),
             );
         }
-        Ok(batch)
+        Ok((batch, written))
     }
 }
 

@@ -31,6 +31,7 @@
 //! This crate is synchronous: no tokio, no Raft, no clocks.
 
 mod apply;
+mod create_cache;
 mod dump;
 mod dump_check;
 mod error;

@@ -9,6 +9,7 @@
 //! never pairs a snapshot with the wrong generation's keyspaces.
 
 use crate::apply::{Applier, check_put};
+use crate::create_cache::{CREATE_CACHE_BYTES, CreateRevisions};
 use crate::error::{Result, TableError};
 use crate::load::{Staging, StagingMeta};
 use crate::position::AppliedPosition;
@@ -47,6 +48,8 @@ pub(crate) struct Generation {
     pub number: u64,
     pub latest: Keyspace,
     pub history: Keyspace,
+    /// Create revisions of recently written keys of `latest` (see `create_cache.rs`).
+    pub create_revisions: CreateRevisions,
 }
 
 pub(crate) struct State {
@@ -240,9 +243,15 @@ impl Table {
             outcomes.push(applier.apply_entry(entry)?);
         }
         let stored = self.stored_position(position, applier.leader_index());
-        let mut batch = applier.into_batch(self.inner.storage.database())?;
+        let (mut batch, written) = applier.into_batch(self.inner.storage.database())?;
         batch.insert(&self.inner.meta, META_POSITION, stored.encode());
-        batch.commit()?;
+        if let Err(error) = batch.commit() {
+            generation.create_revisions.clear();
+            return Err(error.into());
+        }
+        generation
+            .create_revisions
+            .record(written.iter().map(|(key, create)| (key, *create)));
         self.inner
             .state
             .write()
@@ -625,6 +634,7 @@ fn open_generation(storage: &Storage, id: TableId, number: u64) -> Result<Genera
         number,
         latest: storage.keyspace(&keyspace_name(&owner, &generation_role(number, "latest")))?,
         history: storage.keyspace(&keyspace_name(&owner, &generation_role(number, "history")))?,
+        create_revisions: CreateRevisions::new(CREATE_CACHE_BYTES),
     })
 }
 
