@@ -138,7 +138,15 @@ impl Node {
         // Only now that the database is ours (its lock taken): spool files a crashed
         // incarnation left behind (a restore's or a follower bootstrap's) are garbage.
         clear_temporary_dir(&config.data_dir.join("tmp"))?;
-        let log = LogEngine::open(&config.data_dir.join("raft-log"), &storage)?;
+        let log = LogEngine::open_with(
+            &config.data_dir.join("raft-log"),
+            &storage,
+            crate::groups::log::Options {
+                // A single-node cluster's own fsync is its quorum: never linger there.
+                local_node: (members.len() > 1).then_some(node_id.0),
+                ..Default::default()
+            },
+        )?;
         let raft_config = crate::groups::raft_config(
             config.raft.rtt,
             config.raft.heartbeat_rtt,

@@ -33,6 +33,9 @@ pub struct Options {
     pub segment_bytes: u64,
     /// Node-wide budget of decoded recent entries.
     pub cache_bytes: usize,
+    /// This node's id: appends of entries this node created as leader may wait up to
+    /// `SYNC_LINGER` for company before their fsync (see `run_syncer`). `None`: never wait.
+    pub local_node: Option<u64>,
 }
 
 impl Default for Options {
@@ -40,6 +43,7 @@ impl Default for Options {
         Options {
             segment_bytes: 64 << 20,
             cache_bytes: 64 << 20,
+            local_node: None,
         }
     }
 }

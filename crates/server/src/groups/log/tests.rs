@@ -72,6 +72,7 @@ fn small_segments() -> Options {
     Options {
         segment_bytes: 1024,
         cache_bytes: 256,
+        ..Options::default()
     }
 }
 
@@ -374,12 +375,46 @@ async fn purged_segments_are_deleted_and_an_idle_group_pins_only_its_own() {
     );
 }
 
+#[test]
+fn only_appends_of_the_local_nodes_own_entries_may_linger() {
+    let own = vec![entry(2, 1), entry(2, 2)];
+    assert!(may_linger(Some(1), &own), "entries of term 2 led by node 1");
+    let other = vec![Entry {
+        log_id: log_id(2, 3, 3),
+        payload: EntryPayload::Blank,
+    }];
+    assert!(!may_linger(Some(1), &other), "led by node 3");
+    assert!(!may_linger(None, &own), "single-node clusters never linger");
+    assert!(!may_linger(Some(1), &[]), "nothing appended");
+}
+
+#[tokio::test]
+async fn lingering_leader_appends_complete_and_are_durable() {
+    let fixture = Fixture::new();
+    let options = Options {
+        local_node: Some(1),
+        ..Options::default()
+    };
+    {
+        let engine = fixture.open(options);
+        let mut log = engine.group(TableId(1));
+        // Several rounds, each a leader append that may wait for company.
+        for index in 1..=5 {
+            append_durable(&mut log, vec![entry(2, index)]).await;
+        }
+    }
+    let engine = fixture.open(options);
+    let mut log = engine.group(TableId(1));
+    assert_eq!(read_all(&mut log).await, entries(2, 1..=5));
+}
+
 #[tokio::test]
 async fn recent_entries_come_from_the_cache_and_older_ones_from_disk() {
     let fixture = Fixture::new();
     let engine = fixture.open(Options {
         segment_bytes: 64 << 20,
         cache_bytes: 2_000,
+        ..Options::default()
     });
     let mut log = engine.group(TableId(1));
     for index in 0..200 {
@@ -632,6 +667,7 @@ mod model {
         let options = Options {
             segment_bytes: 700,
             cache_bytes: 300,
+            ..Options::default()
         };
         let mut engine = fixture.open(options);
         let mut model: Vec<ModelGroup> = (0..GROUPS)
