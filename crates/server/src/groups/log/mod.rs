@@ -250,9 +250,12 @@ fn execute_sync(plan: &SyncPlan, sync_directory: bool) -> io::Result<()> {
 
 /// The syncer: fsyncs once for every completion waiting, then runs them.
 ///
-/// Lingering: while everything waiting completes this node's own leader appends, the round
-/// waits up to [`SYNC_LINGER`] from its first completion for more, and stops waiting as soon as
-/// anything else arrives (a follower's append, a vote, a truncation). A leader's own fsync is
+/// Lingering: when appends keep arriving while the syncer is busy (one was already waiting when
+/// the previous round ended, or the previous round lingered and gathered company) and
+/// everything waiting completes this node's own leader appends,
+/// the round waits up to [`SYNC_LINGER`] from its first completion for more, and stops waiting
+/// as soon as anything else arrives (a follower's append, a vote, a truncation). An idle or
+/// lightly loaded syncer (one client writing at a time) never lingers. A leader's own fsync is
 /// rarely on a write's path in a cluster: openraft replicates an entry as soon as it is
 /// written, commits it once a quorum has it durable — two followers of three suffice — and
 /// applies committed entries without waiting for the local fsync. Under load this halves the
@@ -263,8 +266,20 @@ fn execute_sync(plan: &SyncPlan, sync_directory: bool) -> io::Result<()> {
 fn run_syncer(state: &Mutex<State>, pending: &mpsc::Receiver<Pending>) {
     let lock = || state.lock().expect("Raft log state lock poisoned");
     let mut batch = Vec::new();
-    while let Ok(first) = pending.recv() {
-        let mut linger = first.may_linger;
+    // A completion that arrived while the previous round was syncing: the syncer is busy.
+    let mut waiting: Option<Pending> = None;
+    // The previous round lingered and gathered more than its first completion.
+    let mut gathered = false;
+    loop {
+        let busy = waiting.is_some() || gathered;
+        let first = match waiting.take() {
+            Some(first) => first,
+            None => match pending.recv() {
+                Ok(first) => first,
+                Err(_) => break,
+            },
+        };
+        let mut linger = busy && first.may_linger;
         let deadline = Instant::now() + SYNC_LINGER;
         batch.push(first.run);
         while batch.len() < MAX_COMPLETIONS_PER_SYNC {
@@ -279,6 +294,7 @@ fn run_syncer(state: &Mutex<State>, pending: &mpsc::Receiver<Pending>) {
             linger &= next.may_linger;
             batch.push(next.run);
         }
+        gathered = linger && batch.len() > 1;
         // Every completion received was queued after its record was written, so the plan
         // (taken now) covers all of them.
         let plan = lock().begin_sync();
@@ -299,6 +315,7 @@ fn run_syncer(state: &Mutex<State>, pending: &mpsc::Receiver<Pending>) {
                 }
             }
         }
+        waiting = pending.try_recv().ok();
     }
 }
 
