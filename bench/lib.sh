@@ -108,11 +108,17 @@ run_child() {
 
 USED_PORTS=" "
 # free_port: a random loopback port nothing answers on (a refused connection means free),
-# never the same twice.
+# never the same twice, below the kernel's ephemeral range: a port from that range could be
+# taken by some process's outgoing connection (etcd's peers dialling each other) between
+# this check and the server binding it.
 free_port() {
-  local port
+  local port low=32768 _high
+  if [ -r /proc/sys/net/ipv4/ip_local_port_range ]; then
+    read -r low _high </proc/sys/net/ipv4/ip_local_port_range
+  fi
+  [ "$low" -gt 12000 ] || low=32768
   for _ in $(seq 100); do
-    port=$((20000 + RANDOM % 40000))
+    port=$((10000 + RANDOM % (low - 10000)))
     case "$USED_PORTS" in *" $port "*) continue ;; esac
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       USED_PORTS="$USED_PORTS$port "
