@@ -126,20 +126,9 @@ proptest! {
         let mut history: Vec<(u64, State)> = Vec::new();
         let mut index = 1u64;
         for batch in &batches {
-            let commands: Vec<pb::Command> = batch.iter().map(command).collect();
             let first = index + 1;
-            let entries: Vec<ApplyEntry<'_>> = commands
-                .iter()
-                .enumerate()
-                .map(|(i, c)| ApplyEntry { revision: Revision(first + i as u64), command: Some(c) })
-                .collect();
-            index += commands.len() as u64;
-            let position = AppliedPosition {
-                log_index: LogIndex(index),
-                revision: Revision(index),
-                ..Default::default()
-            };
-            let outcomes = table.apply(&entries, &position).unwrap();
+            let outcomes = apply_ops(&table, batch, first);
+            index += batch.len() as u64;
             for (i, (op, outcome)) in batch.iter().zip(outcomes).enumerate() {
                 let revision = first + i as u64;
                 let deleted = apply_model(&mut state, op, revision);
@@ -203,26 +192,32 @@ proptest! {
     }
 }
 
+/// Applies `ops` to `table` as one batch of entries at log indices `first..`.
+fn apply_ops(table: &Table, ops: &[Op], first: u64) -> Vec<ApplyOutcome> {
+    let commands: Vec<pb::Command> = ops.iter().map(command).collect();
+    let entries: Vec<ApplyEntry<'_>> = commands
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ApplyEntry {
+            revision: Revision(first + i as u64),
+            command: Some(c),
+        })
+        .collect();
+    let last = first + ops.len() as u64 - 1;
+    let position = AppliedPosition {
+        log_index: LogIndex(last),
+        revision: Revision(last),
+        ..Default::default()
+    };
+    table.apply(&entries, &position).unwrap()
+}
+
 /// Applies `batches` to `table` and `state` from log index `index`; returns the last index.
 fn apply_batches(table: &Table, state: &mut State, mut index: u64, batches: &[Vec<Op>]) -> u64 {
     for batch in batches {
-        let commands: Vec<pb::Command> = batch.iter().map(command).collect();
         let first = index + 1;
-        let entries: Vec<ApplyEntry<'_>> = commands
-            .iter()
-            .enumerate()
-            .map(|(i, c)| ApplyEntry {
-                revision: Revision(first + i as u64),
-                command: Some(c),
-            })
-            .collect();
-        index += commands.len() as u64;
-        let position = AppliedPosition {
-            log_index: LogIndex(index),
-            revision: Revision(index),
-            ..Default::default()
-        };
-        table.apply(&entries, &position).unwrap();
+        apply_ops(table, batch, first);
+        index += batch.len() as u64;
         for (i, op) in batch.iter().enumerate() {
             apply_model(state, op, first + i as u64);
         }
