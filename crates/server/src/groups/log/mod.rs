@@ -7,7 +7,8 @@
 //! [`record`]). Nothing is ever rewritten in place: truncation and purging are records too, and
 //! space comes back by deleting whole segments none of whose entries is still live.
 //!
-//! Write path. `append()` writes the record (one `pwrite`, into the page cache) under the engine
+//! Write path. `append()` writes the record (one `pwrite`, into the page cache; the segment is
+//! zero-filled ahead of it in 1 MiB steps so most fsyncs need not commit a new file size) under the engine
 //! mutex, updates the in-memory index and cache, and hands the `IOFlushed` callback to the
 //! `raft-log-sync` thread. The syncer takes every completion waiting (up to 4096), fdatasyncs the
 //! segments written since its last round once, and runs them all: many appends of many groups

@@ -16,7 +16,11 @@ use openraft::vote::RaftLeaderId;
 use super::super::types::LogId;
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"ARMADAWL";
-pub const SEGMENT_FORMAT: u32 = 1;
+/// Format written: 2 = format 1 plus a zero-filled tail (preallocated space) that ends the
+/// segment cleanly. Segments of format 1 are still read.
+pub const SEGMENT_FORMAT: u32 = 2;
+/// Oldest segment format read.
+pub const SEGMENT_FORMAT_OLDEST: u32 = 1;
 pub const SEGMENT_HEADER_BYTES: usize = 16;
 /// `len u32 ‖ crc u32`.
 pub const RECORD_PREFIX_BYTES: usize = 8;
@@ -97,11 +101,17 @@ pub fn finish(out: &mut [u8], start: usize) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
 }
 
-/// Decodes the record at the start of `bytes`: `Ok(None)` at a clean end (no bytes left),
-/// otherwise the record and how many bytes it spans.
+/// Decodes the record at the start of `bytes`: `Ok(None)` at a clean end (no bytes left, or
+/// only zeros: space preallocated ahead of the writes), otherwise the record and how many
+/// bytes it spans. A zero length followed by anything but zeros is torn.
 pub fn decode(bytes: &[u8]) -> Result<Option<(Record<'_>, usize)>, DecodeError> {
-    if bytes.is_empty() {
-        return Ok(None);
+    if bytes.iter().take(4).all(|byte| *byte == 0) {
+        return match bytes.iter().position(|byte| *byte != 0) {
+            None => Ok(None),
+            Some(at) => Err(DecodeError::Torn(format!(
+                "zero record length followed by data {at} bytes on"
+            ))),
+        };
     }
     if bytes.len() < RECORD_PREFIX_BYTES {
         return Err(DecodeError::Torn(format!(
@@ -159,7 +169,7 @@ pub fn check_segment_header(bytes: &[u8]) -> Result<(), DecodeError> {
         ));
     }
     let format = u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-    if format != SEGMENT_FORMAT {
+    if !(SEGMENT_FORMAT_OLDEST..=SEGMENT_FORMAT).contains(&format) {
         return Err(DecodeError::Corrupt(format!(
             "unknown Raft log segment format {format}"
         )));

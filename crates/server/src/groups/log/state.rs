@@ -33,6 +33,11 @@ pub struct Options {
     pub segment_bytes: u64,
     /// Node-wide budget of decoded recent entries.
     pub cache_bytes: usize,
+    /// Zeros written ahead of the end of the active segment's records, so that an append
+    /// overwrites blocks the file already has and its fdatasync need not also commit a new
+    /// file size (a filesystem journal commit): about half the CPU and latency of each fsync
+    /// on ext4. 0 disables it.
+    pub preallocate_bytes: u64,
     /// This node's id: appends of entries this node created as leader may wait up to
     /// `SYNC_LINGER` for company before their fsync (see `run_syncer`). `None`: never wait.
     pub local_node: Option<u64>,
@@ -43,6 +48,7 @@ impl Default for Options {
         Options {
             segment_bytes: 64 << 20,
             cache_bytes: 64 << 20,
+            preallocate_bytes: 1 << 20,
             local_node: None,
         }
     }
@@ -137,6 +143,10 @@ pub(super) struct State {
     options: Options,
     active: u32,
     write_offset: u64,
+    /// The active segment is zero-filled up to here (see `Options::preallocate_bytes`).
+    zeroed_to: u64,
+    /// `preallocate_bytes` of zeros, allocated at the first use.
+    zeros: Vec<u8>,
     segments: BTreeMap<u32, Segment>,
     groups: BTreeMap<u64, GroupState>,
     /// Destroyed groups whose records may still be in a kept segment.
@@ -171,6 +181,8 @@ impl State {
             options,
             active: 0,
             write_offset: 0,
+            zeroed_to: 0,
+            zeros: Vec::new(),
             segments: BTreeMap::new(),
             groups: BTreeMap::new(),
             destroyed: BTreeSet::new(),
@@ -517,6 +529,7 @@ impl State {
         );
         self.active = id;
         self.write_offset = record::SEGMENT_HEADER_BYTES as u64;
+        self.zeroed_to = self.write_offset;
         self.write_checkpoint();
         Ok(())
     }
@@ -598,6 +611,19 @@ impl State {
             .expect("the active segment exists");
         if let Err(error) = segment.file.write_all_at(&buffer, offset) {
             fatal(&error, "a write");
+        }
+        let end = offset + buffer.len() as u64;
+        let ahead = self.options.preallocate_bytes;
+        if end > self.zeroed_to && ahead > 0 {
+            // Past the zero-filled space: fill the next stretch. Its first fdatasync commits
+            // the new size once; the appends into it then only flush data.
+            if self.zeros.len() as u64 != ahead {
+                self.zeros = vec![0; ahead as usize];
+            }
+            if let Err(error) = segment.file.write_all_at(&self.zeros, end) {
+                fatal(&error, "preallocating");
+            }
+            self.zeroed_to = end + ahead;
         }
         segment.dirty = true;
         segment.groups.insert(group);

@@ -72,6 +72,7 @@ fn small_segments() -> Options {
     Options {
         segment_bytes: 1024,
         cache_bytes: 256,
+        preallocate_bytes: 300,
         ..Options::default()
     }
 }
@@ -156,15 +157,21 @@ fn record_round_trips_and_reports_its_length() {
 fn record_cut_anywhere_is_torn() {
     let bytes = sample_record(record::Kind::Entries, 3, &[0, 0, 0, 1, 0, 0, 0, 2, 1, 2]);
     for cut in 1..bytes.len() {
-        assert!(
-            matches!(record::decode(&bytes[..cut]), Err(DecodeError::Torn(_))),
-            "cut at {cut}"
-        );
+        let head = &bytes[..cut];
+        if head.iter().all(|byte| *byte == 0) {
+            // Only zeros made it: no different from preallocated space, a clean end.
+            assert_eq!(record::decode(head), Ok(None), "cut at {cut}");
+        } else {
+            assert!(
+                matches!(record::decode(head), Err(DecodeError::Torn(_))),
+                "cut at {cut}"
+            );
+        }
     }
 }
 
 #[test]
-fn record_with_a_flipped_bit_is_torn_and_zeroes_are_torn() {
+fn record_with_a_flipped_bit_is_torn() {
     let bytes = sample_record(record::Kind::Committed, 3, &[0]);
     for position in 4..bytes.len() {
         let mut damaged = bytes.clone();
@@ -174,10 +181,22 @@ fn record_with_a_flipped_bit_is_torn_and_zeroes_are_torn() {
             "flip at {position}"
         );
     }
-    assert!(matches!(
-        record::decode(&[0u8; 32]),
-        Err(DecodeError::Torn(_))
-    ));
+}
+
+#[test]
+fn zeros_end_a_segment_cleanly_but_zeros_before_data_are_torn() {
+    for len in 1..40 {
+        assert_eq!(record::decode(&vec![0u8; len]), Ok(None), "{len} zeros");
+    }
+    let record = sample_record(record::Kind::Committed, 3, &[0]);
+    for gap in [4, 8, 100] {
+        let mut bytes = vec![0u8; gap];
+        bytes.extend_from_slice(&record);
+        assert!(
+            matches!(record::decode(&bytes), Err(DecodeError::Torn(_))),
+            "{gap} zeros before a record"
+        );
+    }
 }
 
 #[test]
@@ -438,10 +457,20 @@ fn last_segment(fixture: &Fixture) -> PathBuf {
     fixture.segment_files().pop().expect("a segment")
 }
 
-#[tokio::test]
-async fn a_torn_tail_is_cut_off_and_everything_before_it_survives() {
+/// Where the records of a segment file end (preallocated zeros follow).
+fn data_len(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).expect("read");
+    bytes
+        .iter()
+        .rposition(|byte| *byte != 0)
+        .map_or(0, |last| last as u64 + 1)
+}
+
+/// A crash during the last write: with preallocation its last 30 bytes never reached the disk
+/// (zeros remain), without it the file ends early.
+async fn torn_tail_is_cut_off(options: Options) {
     let fixture = Fixture::new();
-    let engine = fixture.open(Options::default());
+    let engine = fixture.open(options);
     let mut log = engine.group(TableId(7));
     append_durable(&mut log, entries(1, 0..=9)).await;
     log.save_vote(&Vote::new_committed(1, 1))
@@ -451,15 +480,24 @@ async fn a_torn_tail_is_cut_off_and_everything_before_it_survives() {
     let path = last_segment(&fixture);
     // Crash: no clean close, and the last record only half written.
     std::mem::forget(engine);
-    let len = std::fs::metadata(&path).expect("metadata").len();
+    let len = data_len(&path);
     let file = std::fs::OpenOptions::new()
         .write(true)
         .open(&path)
         .expect("open");
-    file.set_len(len - 30).expect("truncate");
+    if options.preallocate_bytes > 0 {
+        assert!(
+            std::fs::metadata(&path).expect("metadata").len() > len,
+            "zeros ahead"
+        );
+        file.write_all_at(&[0u8; 30], len - 30).expect("tear");
+    } else {
+        assert_eq!(std::fs::metadata(&path).expect("metadata").len(), len);
+        file.set_len(len - 30).expect("truncate");
+    }
     drop(file);
 
-    let engine = fixture.open(Options::default());
+    let engine = fixture.open(options);
     let mut log = engine.group(TableId(7));
     assert_eq!(read_all(&mut log).await, entries(1, 0..=9));
     assert_eq!(
@@ -473,12 +511,70 @@ async fn a_torn_tail_is_cut_off_and_everything_before_it_survives() {
     // The log goes on after the tear, and the next reopen sees it.
     append_durable(&mut log, entries(2, 10..=12)).await;
     drop(engine);
-    let engine = fixture.open(Options::default());
+    let engine = fixture.open(options);
     let expected: Vec<Entry> = entries(1, 0..=9)
         .into_iter()
         .chain(entries(2, 10..=12))
         .collect();
     assert_eq!(read_all(&mut engine.group(TableId(7))).await, expected);
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_cut_off_and_everything_before_it_survives() {
+    torn_tail_is_cut_off(Options::default()).await;
+}
+
+#[tokio::test]
+async fn a_torn_tail_without_preallocation_is_cut_off_too() {
+    torn_tail_is_cut_off(Options {
+        preallocate_bytes: 0,
+        ..Options::default()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn segments_are_zero_filled_ahead_and_reopen_past_the_zeros() {
+    let fixture = Fixture::new();
+    let options = Options {
+        segment_bytes: 1024,
+        preallocate_bytes: 1000,
+        ..Options::default()
+    };
+    {
+        let engine = fixture.open(options);
+        let mut log = engine.group(TableId(7));
+        for chunk in 0..20u64 {
+            append_durable(&mut log, entries(1, chunk * 5..=chunk * 5 + 4)).await;
+        }
+    }
+    let files = fixture.segment_files();
+    assert!(files.len() >= 3, "{} segments", files.len());
+    for path in &files {
+        let size = std::fs::metadata(path).expect("metadata").len();
+        let data = data_len(path);
+        assert!(
+            size > data && size <= data + 1000,
+            "{}: {size} bytes, records end at {data}",
+            path.display()
+        );
+    }
+    // Older segments with zero tails replay cleanly, twice (the reopen adds a segment).
+    for _ in 0..2 {
+        let engine = fixture.open(options);
+        assert_eq!(
+            read_all(&mut engine.group(TableId(7))).await,
+            entries(1, 0..=99)
+        );
+    }
+    // Data after zeros in an older segment is corruption, not a clean end.
+    let victim = &fixture.segment_files()[0];
+    let mut bytes = std::fs::read(victim).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] = 1;
+    std::fs::write(victim, &bytes).expect("write");
+    let error = fixture.try_open(options).err().expect("open must fail");
+    assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
 }
 
 #[tokio::test]
@@ -512,7 +608,7 @@ async fn a_bad_record_in_an_older_segment_is_corruption() {
     assert!(files.len() >= 5, "{} segments", files.len());
     let victim = &files[files.len() / 2];
     let mut bytes = std::fs::read(victim).expect("read");
-    let middle = bytes.len() / 2;
+    let middle = data_len(victim) as usize / 2;
     bytes[middle] ^= 0xff;
     std::fs::write(victim, &bytes).expect("write");
     let error = fixture
@@ -667,6 +763,7 @@ mod model {
         let options = Options {
             segment_bytes: 700,
             cache_bytes: 300,
+            preallocate_bytes: 200,
             ..Options::default()
         };
         let mut engine = fixture.open(options);
