@@ -257,11 +257,19 @@ impl Node {
                     Err(_) => return Err(ApiError::DeadlineExceeded),
                 }
             } else {
-                match self
-                    .forwarder
-                    .forward(leader, group.id(), request.clone(), deadline)
-                    .await
-                {
+                // A leader that dies with the write in flight never answers; once this replica
+                // sees another term, the write's outcome is unknown (it may have been appended
+                // and replicated) and waiting for the deadline would not tell more.
+                let forwarded = tokio::select! {
+                    biased;
+                    outcome = self.forwarder.forward(leader, group.id(), request.clone(), deadline) => outcome,
+                    () = group.leader_moved_from(leader) => {
+                        return Err(ApiError::Unavailable(format!(
+                            "the Raft leader changed while the write was forwarded to node {leader}; its outcome is unknown"
+                        )));
+                    }
+                };
+                match forwarded {
                     Ok(Ok(done)) => Ok(done),
                     Ok(Err(error)) => Err(Some(error)),
                     Err(
@@ -324,14 +332,16 @@ impl Node {
                     .await
                     .map_err(|_| ApiError::DeadlineExceeded)?
             } else {
-                match self
-                    .call_peer(
-                        leader,
-                        &PeerRequest::ReadIndex { group: handle.id() },
-                        deadline,
-                    )
-                    .await
-                {
+                // Reads are safe to retry: a leader that dies with the request in flight is
+                // asked no more once this replica sees another term.
+                let request = PeerRequest::ReadIndex { group: handle.id() };
+                let asked = tokio::select! {
+                    biased;
+                    answer = self.call_peer(leader, &request, deadline) => Some(answer),
+                    () = handle.leader_moved_from(leader) => None,
+                };
+                let Some(answer) = asked else { continue };
+                match answer {
                     Ok(Ok(PeerResponse::ReadIndex { index })) => Ok(index),
                     Ok(Ok(other)) => {
                         return Err(ApiError::Internal(format!(

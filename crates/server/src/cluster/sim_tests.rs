@@ -87,6 +87,16 @@ struct SimNode {
     snapshots_installed: Arc<Mutex<Vec<u64>>>,
     /// The number of writes in each `WriteBatch` the running incarnation received.
     write_batches: Arc<Mutex<Vec<usize>>>,
+    /// While set, forwarded writes and ReadIndex requests reaching the running incarnation are
+    /// swallowed: it never answers them, like a leader that dies after receiving them.
+    swallow: Arc<Swallow>,
+}
+
+#[derive(Default)]
+struct Swallow {
+    enabled: AtomicBool,
+    /// Requests swallowed so far.
+    count: AtomicU64,
 }
 
 impl SimCluster {
@@ -112,6 +122,7 @@ impl SimCluster {
                     running: None,
                     snapshots_installed: Arc::default(),
                     write_batches: Arc::default(),
+                    swallow: Arc::default(),
                 },
             );
             cluster.boot(id).await;
@@ -149,11 +160,14 @@ impl SimCluster {
         let recorded = installed.clone();
         let batches: Arc<Mutex<Vec<usize>>> = Arc::default();
         let recorded_batches = batches.clone();
+        let swallow: Arc<Swallow> = Arc::default();
+        let swallowing = swallow.clone();
         let node = Node::start_with_transport(config, move |handler| async move {
             let handler = Arc::new(RecordingHandler {
                 inner: handler,
                 snapshots_installed: recorded,
                 write_batches: recorded_batches,
+                swallow: swallowing,
             });
             Ok(network.add_node(id, handler) as Arc<dyn Transport>)
         })
@@ -163,6 +177,7 @@ impl SimCluster {
         slot.running = Some(node);
         slot.snapshots_installed = installed;
         slot.write_batches = batches;
+        slot.swallow = swallow;
     }
 
     /// Crashes node `id`: it drops off the network at once, then its groups are stopped and the
@@ -290,18 +305,29 @@ struct RecordingHandler {
     inner: Arc<dyn Handler>,
     snapshots_installed: Arc<Mutex<Vec<u64>>>,
     write_batches: Arc<Mutex<Vec<usize>>>,
+    swallow: Arc<Swallow>,
 }
 
 #[async_trait::async_trait]
 impl Handler for RecordingHandler {
     async fn handle(&self, from: PeerId, request: Bytes) -> Result<Bytes, String> {
-        if let Ok(rpc::PeerRequest::WriteBatch { requests, .. }) =
-            rpc::decode::<rpc::PeerRequest>(&request)
-        {
+        let decoded = rpc::decode::<rpc::PeerRequest>(&request);
+        if let Ok(rpc::PeerRequest::WriteBatch { requests, .. }) = &decoded {
             self.write_batches
                 .lock()
                 .expect("write batch record")
                 .push(requests.len());
+        }
+        if self.swallow.enabled.load(Ordering::SeqCst)
+            && matches!(
+                decoded,
+                Ok(rpc::PeerRequest::Write { .. }
+                    | rpc::PeerRequest::WriteBatch { .. }
+                    | rpc::PeerRequest::ReadIndex { .. })
+            )
+        {
+            self.swallow.count.fetch_add(1, Ordering::SeqCst);
+            return std::future::pending().await;
         }
         self.inner.handle(from, request).await
     }
@@ -641,6 +667,59 @@ async fn an_isolated_raft_leader_acknowledges_nothing_and_the_majority_goes_on()
     let read = get_linearizable_eventually(&isolated, "t", last).await;
     assert_eq!(read.as_deref(), Some(format!("value-{last}").as_bytes()));
     drop(isolated);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_to_a_leader_that_dies_end_when_another_leads() {
+    let cluster = SimCluster::start(3, DEFAULT_SNAPSHOTS).await;
+    cluster.create_table(1, "t").await;
+    let old_leader = cluster.table_leader("t", &[1, 2, 3]).await;
+    let via = (1..=3).find(|id| *id != old_leader).expect("a non-leader");
+    let node = cluster.node(via);
+    put(&node, "t", "before", "1")
+        .await
+        .expect("a write before");
+    let swallow = cluster.nodes[&old_leader].swallow.clone();
+    swallow.enabled.store(true, Ordering::SeqCst);
+
+    // Deadlines far beyond any election: the answers must come from the leader change.
+    let deadline = Instant::now() + CONDITION_TIMEOUT * 3;
+    let write = tokio::spawn({
+        let node = node.clone();
+        async move { put_until(&node, "t", "in-flight", "x", deadline).await }
+    });
+    let read = tokio::spawn({
+        let node = node.clone();
+        async move { get_linearizable(&node, "t", "before", deadline).await }
+    });
+    eventually("the write and the read reached the leader", async || {
+        (swallow.count.load(Ordering::SeqCst) >= 2).then_some(())
+    })
+    .await;
+    // The leader dies for the others (it keeps the requests and never answers).
+    cluster.network.set_node_links(old_leader, false);
+
+    let write = write.await.expect("write task");
+    match &write {
+        Err(ApiError::Unavailable(message)) => assert!(
+            message.contains("leader changed") && message.contains("outcome is unknown"),
+            "{message}"
+        ),
+        other => panic!("a write in flight to a dead leader ended with {other:?}"),
+    }
+    // A read is retried with the new leader.
+    let read = read.await.expect("read task").expect("the read is served");
+    assert_eq!(read.as_deref(), Some(&b"1"[..]));
+    let majority: Vec<u64> = [1, 2, 3]
+        .into_iter()
+        .filter(|id| *id != old_leader)
+        .collect();
+    assert_ne!(cluster.table_leader("t", &majority).await, old_leader);
+    put(&node, "t", "after", "2").await.expect("a write after");
+    drop(node);
+    cluster.network.set_node_links(old_leader, true);
+    cluster.converged("t").await;
     cluster.stop().await;
 }
 

@@ -61,6 +61,19 @@ impl GroupHandle {
         tokio::time::timeout_at(deadline, wait).await.ok().flatten()
     }
 
+    /// Resolves once this replica no longer takes `leader` for the Raft leader (an election
+    /// started, or another node leads). Never resolves while it does, nor once the Raft core
+    /// has stopped.
+    pub async fn leader_moved_from(&self, leader: u64) {
+        let moved = with_raft!(self, raft => {
+            let mut metrics = raft.server_metrics();
+            metrics.wait_until(|m| m.current_leader != Some(leader)).await.is_ok()
+        });
+        if !moved {
+            std::future::pending::<()>().await;
+        }
+    }
+
     pub async fn append_entries(
         &self,
         rpc: AppendEntriesRequest<TypeConfig>,
