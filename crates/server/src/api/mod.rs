@@ -88,21 +88,55 @@ where
         Ok(_) => tonic::Code::Ok,
         Err(status) => status.code(),
     };
-    // Static labels: no allocation per request (this runs on every call of every method).
-    metrics::counter!(
-        "grpc_server_handled_total",
-        "grpc_service" => service,
-        "grpc_method" => method,
-        "grpc_code" => code_name(code)
-    )
-    .increment(1);
-    metrics::histogram!(
-        "grpc_server_handling_seconds",
-        "grpc_service" => service,
-        "grpc_method" => method
-    )
-    .record(started.elapsed().as_secs_f64());
+    let (handled, seconds) = call_metrics(service, method, code);
+    handled.increment(1);
+    seconds.record(started.elapsed().as_secs_f64());
     result
+}
+
+/// The handles of one (service, method, code)'s call metrics, looked up in the recorder once
+/// per thread rather than on every call (a lookup hashes the name and every label). The labels
+/// are static strings, so their addresses and lengths identify them. Only called while serving, after the
+/// node installed its recorder (a handle taken before would stay a no-op).
+fn call_metrics(
+    service: &'static str,
+    method: &'static str,
+    code: tonic::Code,
+) -> (metrics::Counter, metrics::Histogram) {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    type Key = (usize, usize, usize, usize, i32);
+    type Handles = HashMap<Key, (metrics::Counter, metrics::Histogram)>;
+    thread_local! {
+        static HANDLES: RefCell<Handles> = RefCell::new(HashMap::new());
+    }
+    let key = (
+        service.as_ptr() as usize,
+        service.len(),
+        method.as_ptr() as usize,
+        method.len(),
+        code as i32,
+    );
+    HANDLES.with(|handles| {
+        handles
+            .borrow_mut()
+            .entry(key)
+            .or_insert_with(|| {
+                let handled = metrics::counter!(
+                    "grpc_server_handled_total",
+                    "grpc_service" => service,
+                    "grpc_method" => method,
+                    "grpc_code" => code_name(code)
+                );
+                let seconds = metrics::histogram!(
+                    "grpc_server_handling_seconds",
+                    "grpc_service" => service,
+                    "grpc_method" => method
+                );
+                (handled, seconds)
+            })
+            .clone()
+    })
 }
 
 /// The name of a status code as it appears in metrics (the variant's name, as `{:?}` prints it).
