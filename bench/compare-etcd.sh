@@ -16,6 +16,11 @@
 #   RESULTS         also write the Markdown table to this file
 #   KEEP_WORKDIR=1  keep the temporary directory (logs, JSON results)
 #   NODES           members of each cluster, 1 or 3 (default 1); clients use every member
+#   ROUNDS          runs of each workload per system (default 1). With more, the runs
+#                   alternate (Armada first in odd rounds, etcd first in even ones), the table
+#                   shows medians and the ratio is the median of the rounds' ratios, listed in
+#                   the last column: on a shared, noisy machine one pair of runs can be off by
+#                   tens of percent
 set -euo pipefail
 
 BENCH_NAME=compare-etcd
@@ -31,6 +36,7 @@ VALUE_SIZE=${VALUE_SIZE:-256}
 CONNECTIONS=${CONNECTIONS:-4}
 READ_RATIO=${READ_RATIO:-0.9}
 NODES=${NODES:-1}
+ROUNDS=${ROUNDS:-1}
 
 # name workload clients
 MATRIX=(
@@ -168,8 +174,8 @@ wait_ready armada "$ARMADA_PID" "$WORK/armada1.log" \
 # run_bench TARGET URL NAME WORKLOAD CLIENTS PREFILL -> path of the JSON result (empty file on
 # failure).
 run_bench() {
-  local target=$1 url=$2 name=$3 workload=$4 clients=$5 prefill=$6
-  local out="$WORK/$target-$name-$clients.json"
+  local target=$1 url=$2 name=$3 workload=$4 clients=$5 prefill=$6 round=${7:-1}
+  local out="$WORK/$target-$name-$clients-r$round.json"
   local connections=$((clients < CONNECTIONS ? clients : CONNECTIONS))
   local extra=()
   [ "$prefill" = 1 ] || extra+=(--no-prefill)
@@ -194,6 +200,15 @@ metric() { # file expression
 count_or_na() { printf "%s" "${1:-n/a}"; }
 fmt_ops() { [ -n "$1" ] && printf "%.0f" "$1" || printf "n/a"; }
 fmt_ms() { [ -n "$1" ] && awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }' || printf "n/a"; }
+median() { # numbers (empty ones ignored) -> their median, or nothing
+  printf '%s\n' "$@" | awk 'NF' | sort -g | awk '{ v[++n] = $1 } END {
+    if (n == 0) exit
+    if (n % 2) printf "%s", v[(n + 1) / 2]; else printf "%s", (v[n / 2] + v[n / 2 + 1]) / 2
+  }'
+}
+sum_errors() { # counts (empty ones ignored) -> their sum, or nothing
+  printf '%s\n' "$@" | awk 'NF { s += $1; n++ } END { if (n) printf "%d", s }'
+}
 ratio() {
   if [ -n "$1" ] && [ -n "$2" ]; then
     awk -v a="$1" -v e="$2" 'BEGIN { if (e > 0) printf "%.2f", a / e; else printf "n/a" }'
@@ -207,28 +222,48 @@ prefilled_armada=0
 prefilled_etcd=0
 for entry in "${MATRIX[@]}"; do
   read -r name workload clients <<<"$entry"
-  armada_json=""
-  etcd_json=""
-  prefill_armada=0
-  prefill_etcd=0
-  if [ "$workload" != put ]; then
-    [ "$prefilled_armada" = 1 ] || prefill_armada=1
-    [ "$prefilled_etcd" = 1 ] || prefill_etcd=1
-  fi
-  if [ "$armada_ok" = 1 ]; then
-    armada_json=$(run_bench armada "$ARMADA_URL" "$name" "$workload" "$clients" "$prefill_armada")
-    [ "$prefill_armada" = 1 ] && [ -s "$armada_json" ] && prefilled_armada=1
-  fi
-  if [ "$etcd_ok" = 1 ]; then
-    etcd_json=$(run_bench etcd "$ETCD_URL" "$name" "$workload" "$clients" "$prefill_etcd")
-    [ "$prefill_etcd" = 1 ] && [ -s "$etcd_json" ] && prefilled_etcd=1
-  fi
-  a_ops=$(metric "$armada_json" .total.ops_per_s)
-  e_ops=$(metric "$etcd_json" .total.ops_per_s)
-  ROWS+=("| $name | $clients | $(fmt_ops "$a_ops") | $(fmt_ops "$e_ops") | $(ratio "$a_ops" "$e_ops") \
-| $(fmt_ms "$(metric "$armada_json" .total.latency_us.p50)") | $(fmt_ms "$(metric "$etcd_json" .total.latency_us.p50)") \
-| $(fmt_ms "$(metric "$armada_json" .total.latency_us.p99)") | $(fmt_ms "$(metric "$etcd_json" .total.latency_us.p99)") \
-| $(count_or_na "$(metric "$armada_json" .errors)")/$(count_or_na "$(metric "$etcd_json" .errors)") |")
+  a_ops=() e_ops=() a_p50=() e_p50=() a_p99=() e_p99=() a_err=() e_err=() ratios=()
+  for round in $(seq 1 "$ROUNDS"); do
+    armada_json=""
+    etcd_json=""
+    prefill_armada=0
+    prefill_etcd=0
+    if [ "$workload" != put ]; then
+      [ "$prefilled_armada" = 1 ] || prefill_armada=1
+      [ "$prefilled_etcd" = 1 ] || prefill_etcd=1
+    fi
+    for target in $( ((round % 2)) && echo "armada etcd" || echo "etcd armada"); do
+      if [ "$target" = armada ] && [ "$armada_ok" = 1 ]; then
+        armada_json=$(run_bench armada "$ARMADA_URL" "$name" "$workload" "$clients" "$prefill_armada" "$round")
+        [ "$prefill_armada" = 1 ] && [ -s "$armada_json" ] && prefilled_armada=1
+      fi
+      if [ "$target" = etcd ] && [ "$etcd_ok" = 1 ]; then
+        etcd_json=$(run_bench etcd "$ETCD_URL" "$name" "$workload" "$clients" "$prefill_etcd" "$round")
+        [ "$prefill_etcd" = 1 ] && [ -s "$etcd_json" ] && prefilled_etcd=1
+      fi
+    done
+    a=$(metric "$armada_json" .total.ops_per_s)
+    e=$(metric "$etcd_json" .total.ops_per_s)
+    a_ops+=("$a")
+    e_ops+=("$e")
+    ratios+=("$(ratio "$a" "$e")")
+    a_p50+=("$(metric "$armada_json" .total.latency_us.p50)")
+    e_p50+=("$(metric "$etcd_json" .total.latency_us.p50)")
+    a_p99+=("$(metric "$armada_json" .total.latency_us.p99)")
+    e_p99+=("$(metric "$etcd_json" .total.latency_us.p99)")
+    a_err+=("$(metric "$armada_json" .errors)")
+    e_err+=("$(metric "$etcd_json" .errors)")
+  done
+  numeric_ratios=()
+  for r in "${ratios[@]}"; do [ "$r" = n/a ] || numeric_ratios+=("$r"); done
+  median_ratio=$(median "${numeric_ratios[@]}")
+  row="| $name | $clients | $(fmt_ops "$(median "${a_ops[@]}")") | $(fmt_ops "$(median "${e_ops[@]}")") \
+| ${median_ratio:-n/a} \
+| $(fmt_ms "$(median "${a_p50[@]}")") | $(fmt_ms "$(median "${e_p50[@]}")") \
+| $(fmt_ms "$(median "${a_p99[@]}")") | $(fmt_ms "$(median "${e_p99[@]}")") \
+| $(count_or_na "$(sum_errors "${a_err[@]}")")/$(count_or_na "$(sum_errors "${e_err[@]}")") |"
+  [ "$ROUNDS" -gt 1 ] && row+=" ${ratios[*]} |"
+  ROWS+=("$row")
 done
 
 # --- report --------------------------------------------------------------------------------
@@ -241,8 +276,15 @@ done
   echo "- etcd: $(etcd --version 2>/dev/null | head -n 1)$([ "$etcd_ok" = 1 ] || echo ' (did not start)')"
   echo "- each run: ${RUN_SECONDS}s measured after ${WARMUP} warm-up; keys $KEYS x ${KEY_SIZE} B," \
     "values ${VALUE_SIZE} B; up to $CONNECTIONS connections; mixed = ${READ_RATIO} reads"
-  echo
-  echo "| workload | clients | Armada ops/s | etcd ops/s | Armada/etcd | Armada p50 ms | etcd p50 ms | Armada p99 ms | etcd p99 ms | errors A/e |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  if [ "$ROUNDS" -gt 1 ]; then
+    echo "- $ROUNDS rounds per workload, alternating which system runs first; medians; ratio = median of the rounds' ratios"
+    echo
+    echo "| workload | clients | Armada ops/s | etcd ops/s | Armada/etcd | Armada p50 ms | etcd p50 ms | Armada p99 ms | etcd p99 ms | errors A/e | ratio per round |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+  else
+    echo
+    echo "| workload | clients | Armada ops/s | etcd ops/s | Armada/etcd | Armada p50 ms | etcd p50 ms | Armada p99 ms | etcd p99 ms | errors A/e |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  fi
   printf '%s\n' "${ROWS[@]}"
 } | tee "${RESULTS:-/dev/null}"
