@@ -4,8 +4,8 @@
 #   BENCH_NAME=my-bench
 #   source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 #
-# Defines functions and a few variables (ROOT, PIDS, WORK_DIRS, USED_PORTS) and nothing else:
-# no traps, no processes, no files until a function is called.
+# Defines functions and a few variables (ROOT, PIDS, WORK_DIRS, USED_PORTS_FILE) and nothing
+# else: no traps, no processes, no files until a function is called.
 
 # The repository (this file lives in bench/).
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -61,6 +61,7 @@ cleanup() {
   for pid in "${PIDS[@]}"; do
     stop_pid "$pid"
   done
+  rm -f "$USED_PORTS_FILE"
   if [ "${KEEP_WORKDIR:-0}" = 1 ]; then
     log "kept ${WORK_DIRS[*]}"
   else
@@ -106,7 +107,10 @@ run_child() {
   return "$status"
 }
 
-USED_PORTS=" "
+# The ports free_port handed out, one per line. A file, not a variable: `$(free_port)` runs in
+# a subshell, whose variables die with it. Created at the first call, removed by cleanup.
+USED_PORTS_FILE="${TMPDIR:-/tmp}/armada-bench-ports.$$"
+
 # free_port: a random loopback port nothing answers on (a refused connection means free),
 # never the same twice, below the kernel's ephemeral range: a port from that range could be
 # taken by some process's outgoing connection (etcd's peers dialling each other) between
@@ -119,9 +123,9 @@ free_port() {
   [ "$low" -gt 12000 ] || low=32768
   for _ in $(seq 100); do
     port=$((10000 + RANDOM % (low - 10000)))
-    case "$USED_PORTS" in *" $port "*) continue ;; esac
+    grep -qx "$port" "$USED_PORTS_FILE" 2>/dev/null && continue
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      USED_PORTS="$USED_PORTS$port "
+      echo "$port" >>"$USED_PORTS_FILE"
       echo "$port"
       return
     fi
