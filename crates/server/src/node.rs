@@ -705,8 +705,8 @@ impl Node {
 
     /// Hands the leadership of every group this node leads to the most up-to-date other member
     /// and waits (briefly) until each has moved, so clients see no election timeout when a node
-    /// is stopped on purpose.
-    pub async fn transfer_leaderships(&self, timeout: Duration) {
+    /// is stopped on purpose. Returns how many hand-overs it started.
+    pub async fn transfer_leaderships(&self, timeout: Duration) -> usize {
         let mut handles = vec![GroupHandle::Catalog(self.catalog.clone())];
         handles.extend(
             self.running()
@@ -714,15 +714,20 @@ impl Node {
                 .map(|group| GroupHandle::Table(group.clone())),
         );
         let me = self.node_id.get();
+        // A member that has not acknowledged anything for an election timeout cannot take
+        // over (a leader cut off from its peers would otherwise wait the whole `timeout`).
+        let recent = Duration::from_millis(self.raft_config.election_timeout_min);
         let mut moving = Vec::new();
         for handle in handles {
             if handle.current_leader() != Some(me) {
                 continue;
             }
             let target = match &handle {
-                GroupHandle::Catalog(raft) => best_successor(&raft.metrics().borrow_watched(), me),
+                GroupHandle::Catalog(raft) => {
+                    best_successor(&raft.metrics().borrow_watched(), me, recent)
+                }
                 GroupHandle::Table(group) => {
-                    best_successor(&group.raft.metrics().borrow_watched(), me)
+                    best_successor(&group.raft.metrics().borrow_watched(), me, recent)
                 }
             };
             if let Some(target) = target {
@@ -747,6 +752,7 @@ impl Node {
                 "handed Raft leadership over before stopping"
             );
         }
+        moving.len()
     }
 
     /// Stops every group (graceful shutdown) and makes storage durable.
@@ -776,16 +782,27 @@ impl Node {
 /// How long a stopping node waits for its leaderships to move.
 const LEADERSHIP_TRANSFER_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The other member whose log matches the leader's furthest (from the leader's metrics).
+/// The other member whose log matches the leader's furthest (from the leader's metrics), among
+/// those that acknowledged the leader within `recent`.
 fn best_successor(
     metrics: &openraft::RaftMetrics<crate::groups::types::TypeConfig>,
     me: u64,
+    recent: Duration,
 ) -> Option<u64> {
+    use openraft::Instant as _;
+    let heard_lately = |id: &u64| {
+        metrics
+            .heartbeat
+            .as_ref()
+            .and_then(|acks| acks.get(id))
+            .and_then(|ack| ack.as_ref())
+            .is_some_and(|ack| ack.elapsed() < recent)
+    };
     metrics
         .replication
         .as_ref()?
         .iter()
-        .filter(|(id, _)| **id != me)
+        .filter(|(id, _)| **id != me && heard_lately(id))
         .max_by_key(|(id, matched)| {
             (
                 matched.as_ref().map(|log_id| log_id.index),

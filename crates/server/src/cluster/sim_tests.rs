@@ -724,6 +724,39 @@ async fn requests_in_flight_to_a_leader_that_dies_end_when_another_leads() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_peers_hands_nothing_over_when_stopping() {
+    let cluster = SimCluster::start(3, DEFAULT_SNAPSHOTS).await;
+    cluster.create_table(1, "t").await;
+    let old_leader = cluster.table_leader("t", &[1, 2, 3]).await;
+    let majority: Vec<u64> = [1, 2, 3]
+        .into_iter()
+        .filter(|id| *id != old_leader)
+        .collect();
+    cluster.network.set_node_links(old_leader, false);
+    // The others elect a leader (so nobody has acknowledged the old one for an election
+    // timeout) and go on writing.
+    assert_ne!(cluster.table_leader("t", &majority).await, old_leader);
+    put_many(&cluster.node(majority[0]), "t", "after-", 0..5).await;
+    let isolated = cluster.node(old_leader);
+    assert_eq!(
+        table_raft_leader(&isolated, "t"),
+        Some(old_leader),
+        "openraft leaders do not step down on their own"
+    );
+    // No member could take over: it starts no hand-over (each would wait out its timeout).
+    assert_eq!(isolated.transfer_leaderships(CONDITION_TIMEOUT).await, 0);
+    drop(isolated);
+    cluster.network.set_node_links(old_leader, true);
+    cluster.converged("t").await;
+    // Healed, a leader hands over as before.
+    let leader = cluster.table_leader("t", &[1, 2, 3]).await;
+    let node = cluster.node(leader);
+    assert!(node.transfer_leaderships(CONDITION_TIMEOUT).await >= 1);
+    drop(node);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_survive_two_crashes() {
     let mut cluster = SimCluster::start(5, DEFAULT_SNAPSHOTS).await;
     cluster.create_table(1, "t").await;
