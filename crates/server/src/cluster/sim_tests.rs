@@ -355,6 +355,15 @@ impl Handler for RecordingHandler {
     }
 }
 
+/// A 3-node cluster with table `name`: the table's Raft leader and the two other nodes.
+async fn three_nodes_with_table(name: &str) -> (SimCluster, u64, Vec<u64>) {
+    let cluster = SimCluster::start(3, DEFAULT_SNAPSHOTS).await;
+    cluster.create_table(1, name).await;
+    let leader = cluster.table_leader(name, &[1, 2, 3]).await;
+    let others = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    (cluster, leader, others)
+}
+
 fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -609,13 +618,7 @@ async fn concurrent_writes_at_a_non_leader_are_forwarded_in_batches_each_applied
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_raft_leader_acknowledges_nothing_and_the_majority_goes_on() {
-    let cluster = SimCluster::start(3, DEFAULT_SNAPSHOTS).await;
-    cluster.create_table(1, "t").await;
-    let old_leader = cluster.table_leader("t", &[1, 2, 3]).await;
-    let majority: Vec<u64> = [1, 2, 3]
-        .into_iter()
-        .filter(|id| *id != old_leader)
-        .collect();
+    let (cluster, old_leader, majority) = three_nodes_with_table("t").await;
     let isolated = cluster.node(old_leader);
     let writer = Writer::start(majority.iter().map(|id| cluster.node(*id)).collect(), "t");
     writer
@@ -672,10 +675,8 @@ async fn an_isolated_raft_leader_acknowledges_nothing_and_the_majority_goes_on()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_in_flight_to_a_leader_that_dies_end_when_another_leads() {
-    let cluster = SimCluster::start(3, DEFAULT_SNAPSHOTS).await;
-    cluster.create_table(1, "t").await;
-    let old_leader = cluster.table_leader("t", &[1, 2, 3]).await;
-    let via = (1..=3).find(|id| *id != old_leader).expect("a non-leader");
+    let (cluster, old_leader, majority) = three_nodes_with_table("t").await;
+    let via = majority[0];
     let node = cluster.node(via);
     put(&node, "t", "before", "1")
         .await
@@ -711,10 +712,6 @@ async fn requests_in_flight_to_a_leader_that_dies_end_when_another_leads() {
     // A read is retried with the new leader.
     let read = read.await.expect("read task").expect("the read is served");
     assert_eq!(read.as_deref(), Some(&b"1"[..]));
-    let majority: Vec<u64> = [1, 2, 3]
-        .into_iter()
-        .filter(|id| *id != old_leader)
-        .collect();
     assert_ne!(cluster.table_leader("t", &majority).await, old_leader);
     put(&node, "t", "after", "2").await.expect("a write after");
     drop(node);
@@ -725,13 +722,7 @@ async fn requests_in_flight_to_a_leader_that_dies_end_when_another_leads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_its_peers_hands_nothing_over_when_stopping() {
-    let cluster = SimCluster::start(3, DEFAULT_SNAPSHOTS).await;
-    cluster.create_table(1, "t").await;
-    let old_leader = cluster.table_leader("t", &[1, 2, 3]).await;
-    let majority: Vec<u64> = [1, 2, 3]
-        .into_iter()
-        .filter(|id| *id != old_leader)
-        .collect();
+    let (cluster, old_leader, majority) = three_nodes_with_table("t").await;
     cluster.network.set_node_links(old_leader, false);
     // The others elect a leader (so nobody has acknowledged the old one for an election
     // timeout) and go on writing.
