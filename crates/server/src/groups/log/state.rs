@@ -34,9 +34,9 @@ pub struct Options {
     /// Node-wide budget of decoded recent entries.
     pub cache_bytes: usize,
     /// Zeros written ahead of the end of the active segment's records, so that an append
-    /// overwrites blocks the file already has and its fdatasync need not also commit a new
-    /// file size (a filesystem journal commit): about half the CPU and latency of each fsync
-    /// on ext4. 0 disables it.
+    /// overwrites blocks the file already has and its fdatasync need not also persist a new
+    /// file size (an inode write, or a journal commit on a journaling filesystem): about half
+    /// the CPU and latency of each fsync on the test machine's ext4 (ADR 0008). 0 disables it.
     pub preallocate_bytes: u64,
     /// This node's id: appends of entries this node created as leader may wait up to
     /// `SYNC_LINGER` for company before their fsync (see `run_syncer`). `None`: never wait.
