@@ -55,23 +55,9 @@ command -v jq >/dev/null || die "jq is needed (apt-get install -y jq)"
 
 # start_cluster SIDE BINARY: starts NODES fresh nodes; sets URLS_<SIDE> and SERVER_PIDS_<SIDE>.
 start_cluster() {
-  local side=$1 binary=$2 i members="" url raft_ports=() urls=() pids=()
-  for i in $(seq 1 "$NODES"); do
-    raft_ports+=("$(free_port)")
-    members="$members${members:+,}$i=127.0.0.1:${raft_ports[$((i - 1))]}"
-  done
-  for i in $(seq 1 "$NODES"); do
-    url="http://127.0.0.1:$(free_port)"
-    urls+=("$url")
-    "$binary" leader --data-dir "$WORK/$side/node$i" \
-      --raft.node-id "$i" --raft.address "127.0.0.1:${raft_ports[$((i - 1))]}" \
-      --raft.initial-members "$members" --api.address "$url" \
-      --rest.address "http://127.0.0.1:$(free_port)" \
-      --replication.address "http://127.0.0.1:$(free_port)" \
-      >"$WORK/$side-node$i.log" 2>&1 &
-    pids+=("$!")
-    PIDS+=("$!")
-  done
+  local side=$1 binary=$2
+  start_armada_nodes "$binary" "$NODES" "$WORK/$side/node" "$WORK/$side-node"
+  local urls=("${NODE_URLS[@]}") pids=("${NODE_PIDS[@]}")
   printf -v "URLS_$side" '%s' "$(IFS=,; echo "${urls[*]}")"
   printf -v "SERVER_PIDS_$side" '%s' "${pids[*]}"
   local deadline=$((SECONDS + READY_SECONDS))

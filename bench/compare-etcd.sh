@@ -138,26 +138,9 @@ done
 ETCD_PID=${ETCD_PIDS[0]}
 ETCD_URL=$(IFS=,; echo "${ETCD_URLS[*]}")
 
-ARMADA_URLS=()
-RAFT_PORTS=()
-MEMBERS=""
-for i in $(seq 1 "$NODES"); do
-  RAFT_PORTS+=("$(free_port)")
-  MEMBERS="$MEMBERS${MEMBERS:+,}$i=127.0.0.1:${RAFT_PORTS[$((i - 1))]}"
-done
-for i in $(seq 1 "$NODES"); do
-  url="http://127.0.0.1:$(free_port)"
-  ARMADA_URLS+=("$url")
-  "$ARMADA" leader --data-dir "$WORK/armada$i" \
-    --raft.node-id "$i" --raft.address "127.0.0.1:${RAFT_PORTS[$((i - 1))]}" \
-    --raft.initial-members "$MEMBERS" \
-    --api.address "$url" \
-    --rest.address "http://127.0.0.1:$(free_port)" \
-    --replication.address "http://127.0.0.1:$(free_port)" \
-    >"$WORK/armada$i.log" 2>&1 &
-  PIDS+=("$!")
-  [ "$i" = 1 ] && ARMADA_PID=$!
-done
+start_armada_nodes "$ARMADA" "$NODES" "$WORK/armada" "$WORK/armada"
+ARMADA_URLS=("${NODE_URLS[@]}")
+ARMADA_PID=${NODE_PIDS[0]}
 ARMADA_URL=$(IFS=,; echo "${ARMADA_URLS[*]}")
 
 etcd_ok=1

@@ -154,6 +154,33 @@ wait_listen() {
   jq -r ".$field" "$file"
 }
 
+# --- armada clusters ------------------------------------------------------------------------
+
+# start_armada_nodes BINARY COUNT DATA_PREFIX LOG_PREFIX: starts COUNT leader-cluster nodes on
+# loopback (free ports), node i with data in DATA_PREFIX$i and output in LOG_PREFIX$i.log.
+# Sets NODE_URLS (their API URLs) and NODE_PIDS, and adds the PIDs to PIDS. Does not wait.
+start_armada_nodes() {
+  local binary=$1 count=$2 data_prefix=$3 log_prefix=$4 i members="" url raft_ports=()
+  NODE_URLS=()
+  NODE_PIDS=()
+  for i in $(seq 1 "$count"); do
+    raft_ports+=("$(free_port)")
+    members="$members${members:+,}$i=127.0.0.1:${raft_ports[$((i - 1))]}"
+  done
+  for i in $(seq 1 "$count"); do
+    url="http://127.0.0.1:$(free_port)"
+    NODE_URLS+=("$url")
+    "$binary" leader --data-dir "$data_prefix$i" \
+      --raft.node-id "$i" --raft.address "127.0.0.1:${raft_ports[$((i - 1))]}" \
+      --raft.initial-members "$members" --api.address "$url" \
+      --rest.address "http://127.0.0.1:$(free_port)" \
+      --replication.address "http://127.0.0.1:$(free_port)" \
+      >"$log_prefix$i.log" 2>&1 &
+    NODE_PIDS+=("$!")
+    PIDS+=("$!")
+  done
+}
+
 # --- disk room -------------------------------------------------------------------------------
 
 fs_type() { stat -f -c %T "$1"; } # dir
