@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "regatta.proto",
         "replication.proto",
         "maintenance.proto",
+        "armada_replication.proto",
         "etcd/etcd.proto",
     ];
     for file in &files {

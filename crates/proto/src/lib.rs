@@ -27,6 +27,13 @@ pub mod maintenance {
     }
 }
 
+/// Armada additions (`armada.v1`), beyond Regatta's wire contract.
+pub mod armada {
+    pub mod v1 {
+        tonic::include_proto!("armada.v1");
+    }
+}
+
 /// The etcd v3 KV subset used by `armada bench` to drive etcd for comparison.
 pub mod etcd {
     tonic::include_proto!("etcdserverpb");

@@ -1,12 +1,19 @@
 //! REST endpoints on `--rest.address`: `/metrics` (Prometheus text), `/healthz` (process up),
-//! `/readyz` (the catalog and every table group have a Raft leader; on a follower cluster also:
-//! the leader cluster answers and every one of its tables is replicated here). Anything else
-//! is 404.
+//! `/readyz` (this node can serve reads). Anything else is 404.
+//!
+//! Ready means: the catalog and every table group have a Raft leader (the node has joined its
+//! cluster) and, on a follower cluster, every table has been bootstrapped once. A follower cut
+//! off from the leader cluster stays ready: serving (stale) reads during a hub outage is what
+//! an edge is for, and a readiness probe that failed then would take every edge pod out of
+//! service at once. Staleness is reported in the body of a 200 (one line per stale item, with
+//! its cause), by the lag metrics, and — for a probe that wants it — by `/readyz?max_lag=30s`,
+//! which answers 503 when the leader cluster's silence or a table's lag exceeds the bound.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -36,15 +43,86 @@ async fn render_metrics(State(state): State<RestState>) -> String {
     state.metrics.render()
 }
 
-async fn ready(State(state): State<RestState>) -> (StatusCode, &'static str) {
-    if !state.node.is_ready() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n");
+/// The `max_lag` bound of a `/readyz` query (`max_lag=30s`), if any.
+fn max_lag(query: Option<&str>) -> Result<Option<Duration>, String> {
+    let Some(query) = query else { return Ok(None) };
+    let mut bound = None;
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        match pair.split_once('=') {
+            Some(("max_lag", value)) => {
+                bound = Some(crate::config::parse_duration(value).map_err(|error| {
+                    format!("max_lag: {error} (a duration such as 30s or 500ms)")
+                })?);
+            }
+            _ => {
+                return Err(format!(
+                    "unknown query parameter {pair:?} (only max_lag=DURATION)"
+                ));
+            }
+        }
     }
-    match state.node.follower() {
-        Some(follower) if !follower.is_replicating() => (
+    Ok(bound)
+}
+
+async fn ready(State(state): State<RestState>, RawQuery(query): RawQuery) -> (StatusCode, String) {
+    let bound = match max_lag(query.as_deref()) {
+        Ok(bound) => bound,
+        Err(message) => return (StatusCode::BAD_REQUEST, format!("{message}\n")),
+    };
+    if !state.node.is_ready() {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: not every table of the leader cluster is replicating\n",
+            "not ready: the node has not joined its cluster (no Raft leader yet)\n".into(),
+        );
+    }
+    let Some(follower) = state.node.follower() else {
+        return (StatusCode::OK, "ready\n".into());
+    };
+    if let Err(reason) = follower.bootstrapped() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        );
+    }
+    let stale = follower.staleness(bound);
+    let mut body = String::from("ready\n");
+    for line in &stale {
+        body.push_str("stale: ");
+        body.push_str(line);
+        body.push('\n');
+    }
+    match (bound, stale.is_empty()) {
+        (Some(bound), false) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "stale beyond max_lag={bound:?}\n{}",
+                &body["ready\n".len()..]
+            ),
         ),
-        _ => (StatusCode::OK, "ready\n"),
+        _ => (StatusCode::OK, body),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::max_lag;
+    use std::time::Duration;
+
+    #[test]
+    fn max_lag_is_parsed_and_bad_input_names_the_parameter() {
+        assert_eq!(max_lag(None), Ok(None));
+        assert_eq!(max_lag(Some("")), Ok(None));
+        assert_eq!(
+            max_lag(Some("max_lag=30s")),
+            Ok(Some(Duration::from_secs(30)))
+        );
+        assert_eq!(
+            max_lag(Some("max_lag=500ms")),
+            Ok(Some(Duration::from_millis(500)))
+        );
+        let bad = max_lag(Some("max_lag=soon")).expect_err("not a duration");
+        assert!(bad.starts_with("max_lag: "), "{bad}");
+        let unknown = max_lag(Some("lag=1s")).expect_err("unknown parameter");
+        assert!(unknown.contains("max_lag"), "{unknown}");
     }
 }

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use armada_proto::armada::v1::metadata_feed_server::MetadataFeedServer;
 use armada_proto::maintenance::v1::maintenance_server::MaintenanceServer;
 use armada_proto::regatta::v1::cluster_server::ClusterServer;
 use armada_proto::regatta::v1::kv_server::KvServer;
@@ -121,7 +122,12 @@ pub async fn run(
                 .send_compressed(CompressionEncoding::Gzip),
         )
         .add_service(
-            SnapshotServer::new(replication)
+            SnapshotServer::new(replication.clone())
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip),
+        )
+        .add_service(
+            MetadataFeedServer::new(replication)
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip),
         )

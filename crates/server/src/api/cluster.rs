@@ -1,5 +1,9 @@
 //! `regatta.v1.Cluster`: MemberList and Status. Problems with one table are listed in
-//! `errors`, never thrown; the configuration is returned flat with secrets redacted.
+//! `errors`, never thrown; the configuration is returned flat with secrets redacted. On a
+//! follower cluster Status also says how stale the node is: per table the lag (entries,
+//! seconds) and the seconds since the leader cluster last answered about it, per node the
+//! seconds since any answer, and in `errors` the cause of a failing link (`Unavailable`,
+//! `Unauthenticated`, …).
 
 use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeMap;
@@ -26,6 +30,23 @@ impl ClusterService {
         ClusterService { node }
     }
 
+    /// On a follower: the seconds since the leader cluster last answered this node, and the
+    /// cause of the current failure (in `errors`); 0 on the leader cluster.
+    fn leader_contact(&self, errors: &mut Vec<String>) -> f64 {
+        let Some(follower) = self.node.follower() else {
+            return 0.0;
+        };
+        let contact = follower.contact.report();
+        if let Some(error) = contact.error {
+            errors.push(format!(
+                "replication: the leader cluster {} last answered {:.1} s ago: {error}",
+                follower.leader_address(),
+                contact.seconds_since_contact
+            ));
+        }
+        contact.seconds_since_contact
+    }
+
     fn status_inner(&self, request: StatusRequest) -> Result<StatusResponse, ApiError> {
         let mut tables = std::collections::HashMap::new();
         let mut errors = Vec::new();
@@ -42,11 +63,15 @@ impl ClusterService {
             };
             let position = view.position();
             let lag = self.node.follower().map(|follower| {
-                follower
-                    .lag(name)
-                    .report(position.leader_index.map_or(0, |index| index.get()))
+                follower.lag(name).report(
+                    position.leader_index.map_or(0, |index| index.get()),
+                    follower.staleness_grace(),
+                )
             });
             let lag = lag.unwrap_or_default();
+            if let Some(error) = &lag.error {
+                errors.push(format!("{name}: replication: {error}"));
+            }
             tables.insert(
                 name.clone(),
                 TableStatus {
@@ -75,6 +100,7 @@ impl ClusterService {
                     replication_lag_entries: lag.lag_entries,
                     replication_lag_seconds: lag.lag_seconds,
                     replication_snapshot_recoveries: lag.recoveries,
+                    replication_seconds_since_contact: lag.seconds_since_contact,
                 },
             );
         }
@@ -83,6 +109,7 @@ impl ClusterService {
                 errors.push(format!("{name}: table group is not running on this node"));
             }
         }
+        let seconds_since_contact = self.leader_contact(&mut errors);
         let config = request
             .config
             .then(|| to_struct(self.node.config.flat_redacted()));
@@ -93,6 +120,7 @@ impl ClusterService {
             tables,
             config,
             errors,
+            replication_seconds_since_contact: seconds_since_contact,
         })
     }
 }

@@ -1,6 +1,9 @@
 //! `replication.v1` on the replication address: what follower clusters pull from the leader
 //! cluster — the table list (`Metadata.Get`), each table's committed log from an index
-//! (`Log.Replicate`), and a point-in-time dump (`Snapshot.Stream`).
+//! (`Log.Replicate`), and a point-in-time dump (`Snapshot.Stream`) — plus Armada's
+//! `armada.v1.MetadataFeed.Watch`, the table list as a stream (sent on every catalog change
+//! and as a keep-alive), so that followers learn of new and deleted tables at once instead of
+//! at their next `Metadata.Get` poll.
 //!
 //! Log entries are shipped as the exact `mvcc.v1.Command`s that were applied; Raft-internal
 //! entries (leader blanks, membership) become `DUMMY` so indices stay contiguous. A
@@ -13,6 +16,8 @@ use std::io::{self, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
+use armada_proto::armada::v1::MetadataWatchRequest;
+use armada_proto::armada::v1::metadata_feed_server::MetadataFeed;
 use armada_proto::replication::v1::log_server::Log;
 use armada_proto::replication::v1::metadata_server::Metadata;
 use armada_proto::replication::v1::snapshot_server::Snapshot;
@@ -48,6 +53,14 @@ pub const REPLICATE_STREAM_DURATION: Duration = Duration::from_secs(60);
 const REPLICATE_STREAM_END_MARGIN: Duration = Duration::from_secs(1);
 /// Messages a `Replicate` stream may have queued for a slow client.
 const REPLICATE_STREAM_BUFFER: usize = 2;
+/// Silence after which `MetadataFeed.Watch` repeats the table list (with fresh leader
+/// indices): the follower's proof that the leader cluster is alive.
+pub const METADATA_FEED_KEEPALIVE: Duration = Duration::from_secs(1);
+/// Longest life of a `MetadataFeed.Watch` stream whose client set no deadline (the follower
+/// reopens it); bounds what a forgotten client holds.
+const METADATA_FEED_DURATION: Duration = Duration::from_secs(3600);
+/// Table lists a `MetadataFeed.Watch` stream may have queued for a slow client.
+const METADATA_FEED_BUFFER: usize = 2;
 
 /// `replication.v1` (Metadata, Log, Snapshot). With `--replication.token` set every call needs
 /// `authorization: Bearer <token>`.
@@ -74,6 +87,28 @@ fn applied_index(group: &TableGroup) -> u64 {
     group.state_machine.subscribe().borrow().log_index.get()
 }
 
+/// The table list that `Metadata.Get` answers and `MetadataFeed.Watch` streams.
+fn table_list(node: &Node) -> MetadataResponse {
+    let catalog = node.catalog_state();
+    let running = node.table_groups();
+    MetadataResponse {
+        tables: catalog
+            .tables
+            .values()
+            .map(|record| Table {
+                name: record.name.clone(),
+                r#type: armada_proto::replication::v1::table::Type::Replicated as i32,
+                id: record.id.to_string(),
+                // 0 while this node is still starting the table's group.
+                leader_index: running
+                    .get(&record.name)
+                    .filter(|group| group.id == record.table_id())
+                    .map_or(0, |group| applied_index(group)),
+            })
+            .collect(),
+    }
+}
+
 #[tonic::async_trait]
 impl Metadata for ReplicationService {
     async fn get(
@@ -82,24 +117,63 @@ impl Metadata for ReplicationService {
     ) -> Result<Response<MetadataResponse>, Status> {
         metered("replication.v1.Metadata", "Get", async {
             check_token(&request, self.token())?;
-            let catalog = self.node.catalog_state();
-            let running = self.node.table_groups();
-            Ok(MetadataResponse {
-                tables: catalog
-                    .tables
-                    .values()
-                    .map(|record| Table {
-                        name: record.name.clone(),
-                        r#type: armada_proto::replication::v1::table::Type::Replicated as i32,
-                        id: record.id.to_string(),
-                        // 0 while this node is still starting the table's group.
-                        leader_index: running
-                            .get(&record.name)
-                            .filter(|group| group.id == record.table_id())
-                            .map_or(0, |group| applied_index(group)),
-                    })
-                    .collect(),
-            })
+            Ok(table_list(&self.node))
+        })
+        .await
+        .map(Response::new)
+    }
+}
+
+/// Sends the table list now, on every catalog change and at least every
+/// [`METADATA_FEED_KEEPALIVE`], until the deadline, the server stops or the client goes away.
+async fn feed_tables(
+    node: Arc<Node>,
+    mut stop: watch::Receiver<bool>,
+    deadline: Instant,
+    sender: mpsc::Sender<Result<MetadataResponse, Status>>,
+) {
+    let mut catalog = node.catalog_changes();
+    catalog.mark_unchanged();
+    loop {
+        if *stop.borrow() || sender.send(Ok(table_list(&node))).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            changed = catalog.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(METADATA_FEED_KEEPALIVE) => {}
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep_until(deadline) => return,
+            _ = sender.closed() => return,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl MetadataFeed for ReplicationService {
+    type WatchStream = ReceiverStream<Result<MetadataResponse, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<MetadataWatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        metered("armada.v1.MetadataFeed", "Watch", async {
+            check_token(&request, self.token())?;
+            let deadline = match client_timeout(&request) {
+                Some(timeout) => {
+                    Instant::now()
+                        + timeout.saturating_sub(REPLICATE_STREAM_END_MARGIN.min(timeout / 10))
+                }
+                // No deadline: the stream lasts until the server stops or the client goes.
+                None => Instant::now() + METADATA_FEED_DURATION,
+            };
+            let (sender, receiver) = mpsc::channel(METADATA_FEED_BUFFER);
+            tokio::spawn(feed_tables(
+                self.node.clone(),
+                self.stop.clone(),
+                deadline,
+                sender,
+            ));
+            Ok(ReceiverStream::new(receiver))
         })
         .await
         .map(Response::new)

@@ -108,6 +108,7 @@ async fn run(follower: Arc<Follower>, group: Arc<TableGroup>) {
             Ok(()) => backoff = MIN_BACKOFF,
             Err(error) => {
                 tracing::debug!(table = group.name, %error, "replication session ended");
+                lag.contact.failed(error);
                 drop(node);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -143,10 +144,7 @@ async fn session(
             if status.code() == tonic::Code::Unavailable {
                 follower.rotate();
             }
-            return Err(format!(
-                "Log.Replicate: {}",
-                super::describe_status(&status)
-            ));
+            return Err(super::describe_failure("Log.Replicate", &status));
         }
     };
     // A reader task keeps receiving while a batch is being proposed, so that everything that
@@ -159,10 +157,7 @@ async fn session(
             let next = match tokio::time::timeout(STREAM_IDLE_TIMEOUT, stream.message()).await {
                 Ok(Ok(Some(message))) => Ok(message),
                 Ok(Ok(None)) => return,
-                Ok(Err(status)) => Err(format!(
-                    "Log.Replicate stream: {}",
-                    super::describe_status(&status)
-                )),
+                Ok(Err(status)) => Err(super::describe_failure("Log.Replicate stream", &status)),
                 Err(_) => Err("Log.Replicate stream went silent".to_string()),
             };
             let failed = next.is_err();
@@ -183,6 +178,7 @@ async fn session(
             },
         };
         let message = next?;
+        follower.heard(Some(lag));
         let now_applied = applied_leader_index(&group.table);
         if now_applied == 0 {
             // Reset while streaming: the next session bootstraps.
@@ -330,10 +326,7 @@ async fn bootstrap(
             if status.code() == tonic::Code::Unavailable {
                 follower.rotate();
             }
-            return Err(format!(
-                "Snapshot.Stream: {}",
-                super::describe_status(&status)
-            ));
+            return Err(super::describe_failure("Snapshot.Stream", &status));
         }
     };
     let spool = tempfile::NamedTempFile::new_in(node.temporary_dir())
@@ -351,17 +344,13 @@ async fn bootstrap(
             .map_err(|_| "Snapshot.Stream went silent".to_string())?;
         match next {
             Ok(Some(chunk)) => {
+                follower.heard(Some(lag));
                 bytes += chunk.data.len() as u64;
                 tokio::task::block_in_place(|| writer.write_all(&chunk.data))
                     .map_err(|error| format!("writing the spool file: {error}"))?;
             }
             Ok(None) => break,
-            Err(status) => {
-                return Err(format!(
-                    "Snapshot.Stream: {}",
-                    super::describe_status(&status)
-                ));
-            }
+            Err(status) => return Err(super::describe_failure("Snapshot.Stream", &status)),
         }
     }
     tokio::task::block_in_place(|| writer.flush())
