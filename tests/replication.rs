@@ -7,6 +7,8 @@ mod common;
 use std::io::Read;
 use std::time::Duration;
 
+use armada_proto::armada::v1::MetadataWatchRequest;
+use armada_proto::armada::v1::metadata_feed_client::MetadataFeedClient;
 use armada_proto::mvcc::v1 as mvcc;
 use armada_proto::regatta::v1::DeleteTableRequest;
 use armada_proto::regatta::v1::kv_client::KvClient;
@@ -14,8 +16,8 @@ use armada_proto::replication::v1::log_client::LogClient;
 use armada_proto::replication::v1::metadata_client::MetadataClient;
 use armada_proto::replication::v1::snapshot_client::SnapshotClient;
 use armada_proto::replication::v1::{
-    MetadataRequest, ReplicateError, ReplicateRequest, ReplicateResponse, SnapshotRequest,
-    replicate_response,
+    MetadataRequest, MetadataResponse, ReplicateError, ReplicateRequest, ReplicateResponse,
+    SnapshotRequest, replicate_response,
 };
 use common::{Armada, get, http_get, put};
 use prost::Message;
@@ -504,6 +506,24 @@ async fn the_replication_token_guards_every_call_on_the_replication_port() {
         .await
         .expect("snapshot with the token");
 
+    let mut feed = MetadataFeedClient::new(channel.clone());
+    let status = feed
+        .watch(MetadataWatchRequest {})
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let mut tables = feed
+        .watch(with_token(MetadataWatchRequest {}, "s3cret"))
+        .await
+        .expect("feed with the token")
+        .into_inner();
+    let first = tokio::time::timeout(PATIENCE, tables.message())
+        .await
+        .expect("a table list in time")
+        .expect("ok")
+        .expect("a message");
+    assert_eq!(first.tables.len(), 1);
+
     let mut replication_kv = KvClient::new(channel);
     let status = replication_kv
         .put(put("guarded", "k", "v"))
@@ -523,6 +543,54 @@ async fn the_replication_token_guards_every_call_on_the_replication_port() {
         .expect("get")
         .into_inner();
     assert_eq!(value.kvs[0].value.as_ref(), b"v");
+}
+
+/// The next table list of a feed, as (name, leader index) pairs.
+async fn next_tables(stream: &mut Streaming<MetadataResponse>) -> Vec<(String, u64)> {
+    tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .expect("a table list in time")
+        .expect("the feed stays open")
+        .expect("a message")
+        .tables
+        .into_iter()
+        .map(|table| (table.name, table.leader_index))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_metadata_feed_sends_the_table_list_on_every_change_and_as_a_keep_alive() {
+    let armada = Armada::start();
+    armada.create_table("first").await;
+    let mut feed = MetadataFeedClient::new(replication_channel(&armada).await)
+        .watch(MetadataWatchRequest {})
+        .await
+        .expect("watch")
+        .into_inner();
+    let names = |tables: &[(String, u64)]| -> Vec<String> {
+        tables.iter().map(|(name, _)| name.clone()).collect()
+    };
+    assert_eq!(names(&next_tables(&mut feed).await), ["first"]);
+    // A keep-alive repeats the list while nothing changes, with the leader index once the
+    // table's group runs.
+    loop {
+        let tables = next_tables(&mut feed).await;
+        assert_eq!(names(&tables), ["first"]);
+        if tables[0].1 > 0 {
+            break;
+        }
+    }
+    armada.create_table("second").await;
+    while names(&next_tables(&mut feed).await) != ["first", "second"] {}
+    armada
+        .tables()
+        .await
+        .delete(DeleteTableRequest {
+            name: "first".into(),
+        })
+        .await
+        .expect("delete");
+    while names(&next_tables(&mut feed).await) != ["second"] {}
 }
 
 #[tokio::test(flavor = "multi_thread")]
