@@ -2,6 +2,11 @@
 //! a single-node leader cluster and a single-node follower cluster replicating from it, with
 //! their data in `./armada-data/{leader,follower}`, on loopback, and prints where they listen and
 //! a first command to try (write on the leader, read on the follower).
+//!
+//! Each node runs on a tokio runtime of its own whose threads record into a metrics registry
+//! of the node's own, so every node's `/metrics` shows that node only, as in production where
+//! each node is a process. A table created on the leader reaches the follower through the
+//! leader's metadata feed within milliseconds, so the printed commands work straight away.
 
 use std::path::PathBuf;
 
@@ -9,7 +14,76 @@ use armada_server::config::{NodeRole, ServerConfig};
 
 use super::leader::{ServerFlags, resolve, termination};
 
+// The shared server flags' help states `armada leader`'s defaults; `dev` binds elsewhere
+// (loopback, its own Raft port, terse logs) and sets some flags per node itself, so its help
+// says what it really does, from the very defaults it uses.
+
+/// How dev moves a node's ports.
+const PER_NODE: &str = "node i of the leader cluster adds 10 × (i − 1) to the port, the \
+                        follower cluster's nodes add 100 more";
+/// For the flags that dev sets itself.
+const SET_PER_NODE: &str = "set by dev for each node; a value given is ignored";
+
+fn api_address_help(arg: clap::Arg) -> clap::Arg {
+    let default = dev_defaults().api.address;
+    arg.help(format!(
+        "Client gRPC address (URL) of leader node 1; {PER_NODE} [default: {default}]"
+    ))
+}
+
+fn replication_address_help(arg: clap::Arg) -> clap::Arg {
+    let default = dev_defaults().replication.address;
+    arg.help(format!(
+        "Replication gRPC address (URL) of leader node 1; {PER_NODE} [default: {default}]"
+    ))
+}
+
+fn rest_address_help(arg: clap::Arg) -> clap::Arg {
+    let default = dev_defaults().rest.address;
+    arg.help(format!(
+        "Metrics and health address of leader node 1; {PER_NODE} [default: {default}]"
+    ))
+}
+
+fn raft_address_help(arg: clap::Arg) -> clap::Arg {
+    let default = dev_defaults().raft.address;
+    arg.help(format!(
+        "Intra-cluster address of leader node 1; {PER_NODE} [default: {default}]"
+    ))
+}
+
+fn log_level_help(arg: clap::Arg) -> clap::Arg {
+    let default = dev_defaults().log_level;
+    arg.help(format!(
+        "Log level: error, warn, info, debug, trace [default: {default}]"
+    ))
+}
+
+fn set_per_node_help(arg: clap::Arg) -> clap::Arg {
+    let what = arg.get_help().map(ToString::to_string).unwrap_or_default();
+    let what = what
+        .split([';', ',', '[', '`'])
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    arg.help(format!("{what}: {SET_PER_NODE}"))
+}
+
+// Clippy takes the repeated help function for a duplicated attribute; each names another flag.
+#[allow(clippy::duplicated_attributes)]
 #[derive(clap::Args, Debug)]
+#[command(
+    mut_arg("api_address", api_address_help),
+    mut_arg("replication_address", replication_address_help),
+    mut_arg("rest_address", rest_address_help),
+    mut_arg("raft_address", raft_address_help),
+    mut_arg("log_level", log_level_help),
+    mut_arg("api_advertise_address", set_per_node_help),
+    mut_arg("raft_node_id", set_per_node_help),
+    mut_arg("raft_initial_members", set_per_node_help),
+    mut_arg("replication_leader_address", set_per_node_help)
+)]
 pub struct DevArgs {
     /// Nodes in the local leader cluster (1, 3 or 5). Node i uses the configured ports plus
     /// 10 × (i − 1) and keeps its data in `<data-dir>/leader/node<i>`.
@@ -232,14 +306,22 @@ fn cluster_configs(
         .collect()
 }
 
+/// Worker threads of each node's runtime (the machine is shared by every node of the topology).
+const NODE_WORKER_THREADS: usize = 2;
+
+/// Runs one node on a runtime of its own, whose threads record into the node's own metrics
+/// registry: with one registry for the process, the leader's and the follower's `/metrics`
+/// would merge (a table of the same name, the same gRPC methods: one series for both).
 fn spawn_node(
     label: &'static str,
     config: ServerConfig,
     mut stopped: tokio::sync::watch::Receiver<bool>,
     events: tokio::sync::mpsc::Sender<NodeEvent>,
-) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+) -> tokio::sync::oneshot::Receiver<anyhow::Result<()>> {
     let id = config.raft.node_id;
-    tokio::spawn(async move {
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let events_for_failure = events.clone();
+    let node = async move {
         let shutdown = async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
@@ -256,7 +338,39 @@ fn spawn_node(
             ))
             .await;
         result
-    })
+    };
+    let failed = events_for_failure.clone();
+    let started = std::thread::Builder::new()
+        .name(format!("dev-{label}-{id}"))
+        .spawn(move || {
+            let result = match node_runtime(label, id) {
+                Ok(runtime) => runtime.block_on(node),
+                Err(error) => {
+                    let message = Some(format!("{error:#}"));
+                    let _ = failed.blocking_send(NodeEvent::Exited(label, id, message));
+                    Err(error)
+                }
+            };
+            let _ = done.send(result);
+        });
+    if let Err(error) = started {
+        let message = Some(error.to_string());
+        let _ = events_for_failure.try_send(NodeEvent::Exited(label, id, message));
+    }
+    finished
+}
+
+/// A runtime for one node whose threads, this one included, record into a registry of the
+/// node's own.
+fn node_runtime(label: &str, id: u64) -> anyhow::Result<tokio::runtime::Runtime> {
+    let enter = armada_server::telemetry::separate_registry()?;
+    enter();
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(NODE_WORKER_THREADS)
+        .thread_name(format!("{label}-{id}"))
+        .on_thread_start(enter)
+        .enable_all()
+        .build()?)
 }
 
 /// Waits until `nodes` nodes reported ready (or one failed, or a signal came).
@@ -285,4 +399,32 @@ async fn wait_cluster(
 enum NodeEvent {
     Ready(u64, armada_server::server::BoundAddresses),
     Exited(&'static str, u64, Option<String>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Args;
+
+    #[test]
+    fn help_shows_the_addresses_dev_binds() {
+        let help = DevArgs::augment_args(clap::Command::new("dev"))
+            .render_help()
+            .to_string();
+        let defaults = dev_defaults();
+        for bound in [
+            &defaults.api.address,
+            &defaults.replication.address,
+            &defaults.rest.address,
+            &defaults.raft.address,
+        ] {
+            assert!(help.contains(&format!("[default: {bound}]")), "{help}");
+        }
+        assert!(
+            !help.contains("0.0.0.0"),
+            "dev binds only loopback:\n{help}"
+        );
+        assert!(help.contains("[default: warn]"), "{help}");
+        assert!(help.contains("Node id: set by dev for each node"), "{help}");
+    }
 }

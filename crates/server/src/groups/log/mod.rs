@@ -118,9 +118,13 @@ impl LogEngine {
         let state = Arc::new(Mutex::new(state));
         let (syncer, pending) = mpsc::channel::<Pending>();
         let sync_state = state.clone();
+        let registry = crate::telemetry::thread_registry();
         let syncer_thread = std::thread::Builder::new()
             .name("raft-log-sync".into())
-            .spawn(move || run_syncer(&sync_state, &pending))?;
+            .spawn(move || {
+                registry();
+                run_syncer(&sync_state, &pending)
+            })?;
         Ok(Arc::new(LogEngine {
             state,
             storage: storage.clone(),
