@@ -101,6 +101,16 @@ impl Contact {
         }
     }
 
+    /// The leader cluster answered something that names this table (its table list) but says
+    /// nothing of the table's own replication: proof of contact, yet the table's own failure
+    /// (if any) stands until its own stream answers again.
+    pub fn listed(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.heard_at = Instant::now();
+            state.ever_heard = true;
+        }
+    }
+
     /// A call to the leader cluster failed with `error`.
     pub fn failed(&self, error: String) {
         if let Ok(mut state) = self.state.lock() {
@@ -562,6 +572,11 @@ mod tests {
             Some("Metadata.Get: Unauthenticated: invalid token")
         );
         assert!(!failed.ever_heard);
+        // A table list names the table but says nothing of its stream: the failure stands.
+        contact.listed();
+        let listed = contact.report();
+        assert!(listed.ever_heard);
+        assert!(listed.error.is_some(), "{listed:?}");
         contact.heard();
         let heard = contact.report();
         assert_eq!(heard.error, None);

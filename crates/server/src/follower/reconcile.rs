@@ -187,7 +187,7 @@ async fn apply_tables(
     let groups = node.table_groups();
     for table in &response.tables {
         let lag = follower.lag(&table.name);
-        follower.heard(Some(&lag));
+        lag.contact.listed();
         if table.leader_index > 0 {
             let applied = groups
                 .get(&table.name)
