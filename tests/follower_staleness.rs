@@ -171,6 +171,22 @@ async fn a_follower_whose_leader_is_killed_stays_ready_and_its_staleness_grows()
         ) > 5.0
     );
     assert!(metric(&metrics, "armada_replication_lag_seconds{table=\"flags\"}") > 5.0);
+
+    // An edge pod restarted during the outage serves what it has: ready again, and stale.
+    let mut followers = followers;
+    let follower = followers.node_mut(1);
+    assert!(follower.terminate().success());
+    follower.restart();
+    let body = wait_readyz(follower, "/readyz", 200).await;
+    assert!(body.starts_with("ready\n"), "{body}");
+    let read = follower
+        .kv()
+        .await
+        .range(get("flags", "dark-mode"))
+        .await
+        .expect("a read after the restart")
+        .into_inner();
+    assert_eq!(&read.kvs[0].value[..], b"on");
 }
 
 #[tokio::test(flavor = "multi_thread")]
