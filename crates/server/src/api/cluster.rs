@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 
 use super::metered;
 use crate::error::ApiError;
+use crate::follower::LagReport;
 use crate::node::Node;
 
 const SERVICE: &str = "regatta.v1.Cluster";
@@ -47,6 +48,20 @@ impl ClusterService {
         contact.seconds_since_contact
     }
 
+    /// On a follower: the table's replication progress, and its failure (in `errors`).
+    fn table_lag(&self, name: &str, applied: u64, errors: &mut Vec<String>) -> LagReport {
+        let Some(follower) = self.node.follower() else {
+            return LagReport::default();
+        };
+        let lag = follower
+            .lag(name)
+            .report(applied, follower.staleness_grace());
+        if let Some(error) = &lag.error {
+            errors.push(format!("{name}: replication: {error}"));
+        }
+        lag
+    }
+
     fn status_inner(&self, request: StatusRequest) -> Result<StatusResponse, ApiError> {
         let mut tables = std::collections::HashMap::new();
         let mut errors = Vec::new();
@@ -62,16 +77,8 @@ impl ClusterService {
                 }
             };
             let position = view.position();
-            let lag = self.node.follower().map(|follower| {
-                follower.lag(name).report(
-                    position.leader_index.map_or(0, |index| index.get()),
-                    follower.staleness_grace(),
-                )
-            });
-            let lag = lag.unwrap_or_default();
-            if let Some(error) = &lag.error {
-                errors.push(format!("{name}: replication: {error}"));
-            }
+            let applied_leader_index = position.leader_index.map_or(0, |index| index.get());
+            let lag = self.table_lag(name, applied_leader_index, &mut errors);
             tables.insert(
                 name.clone(),
                 TableStatus {
