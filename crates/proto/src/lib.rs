@@ -1,7 +1,10 @@
 //! Generated code for Armada's wire contract. Nothing here is written by hand but these
-//! re-exports: the `.proto` files under `proto/` are the source of truth.
+//! re-exports and the services' codec ([`codec`]): the `.proto` files under `proto/` are the
+//! source of truth.
 
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+pub mod codec;
 
 pub mod mvcc {
     pub mod v1 {

@@ -441,7 +441,7 @@ impl Node {
             let catalog = self.catalog_state();
             let Some(record) = catalog.tables.get(name) else {
                 if confirmed || !self.catalog_caught_up(deadline).await {
-                    return Err(ApiError::TableNotFound);
+                    return Err(ApiError::TableNotFound(name.to_string()));
                 }
                 confirmed = true;
                 continue;
@@ -657,7 +657,7 @@ impl Node {
                 })
                 .await
             }
-            CatalogOutcome::NotFound => Err(ApiError::TableNotFound),
+            CatalogOutcome::NotFound => Err(ApiError::TableNotFound(name.to_string())),
             other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
         }
     }

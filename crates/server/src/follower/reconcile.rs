@@ -113,7 +113,7 @@ async fn reconcile_once(follower: &Follower, node: &Arc<Node>) -> Result<(), Str
             node.delete_table(name, deadline)
                 .await
                 .or_else(|error| match error {
-                    crate::error::ApiError::TableNotFound => Ok(()),
+                    crate::error::ApiError::TableNotFound(_) => Ok(()),
                     error => Err(error),
                 })
                 .map_err(|error| format!("deleting table {name}: {error}"))?;
