@@ -241,7 +241,7 @@ pub fn resolve(
         },
         base,
     )
-    .map_err(anyhow::Error::msg)
+    .map_err(|message| anyhow::Error::new(super::exit::UsageError(message)))
 }
 
 /// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).
