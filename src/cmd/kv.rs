@@ -1,10 +1,14 @@
 //! `armada kv get|put|del|txn`: etcdctl-style reads and writes.
 //!
-//! Also home of what every client subcommand shares (`table`, `status`, `members`, `bench`):
-//! [`ClientArgs`] (address, token, CA, deadline, `--json`) and the JSON rendering of keys and
-//! values ([`json`]). Output goes to stdout: raw bytes in the human form (like etcdctl: `key`
-//! line, `value` line), one JSON document with `--json`. Errors go to stderr through `main`
-//! with their gRPC code, and the exit status is non-zero.
+//! Also home of what every client subcommand shares (`table`, `status`, `members`, `reset`):
+//! [`ClientArgs`] (addresses, token, CA, deadlines, `--json`) and the JSON rendering of keys
+//! and values ([`json`]). Output goes to stdout: raw bytes in the human form (like etcdctl:
+//! `key` line, `value` line), one JSON document with `--json`. Errors go to stderr through
+//! `main` with their gRPC code, and the exit code says their class (`super::exit`).
+//!
+//! Every call goes through [`ClientArgs::with_failover`]: `--address` may list several
+//! servers, and one that cannot be reached or answers `Unavailable` gives way to the next.
+//! A call is a closure over a fresh [`Client`] so that it can be repeated on the next address.
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;

@@ -2,8 +2,22 @@
 //!
 //! Every option has one dotted key (`api.address`, `raft.node-id`, …). The same key is a flag
 //! (`--api.address`), a nested key in `config.{yaml,yml,toml,json}`, and an environment
-//! variable (upper-cased, `.` and `-` as `_`: `API_ADDRESS`). Unknown keys in a file and
-//! values of the wrong type fail start-up with a message naming the key and where it came from.
+//! variable (upper-cased, `.` and `-` as `_`: `API_ADDRESS`).
+//!
+//! Every refusal names the key and where its value came from, whether figment found it while
+//! parsing (unknown keys, wrong types) or [`ServerConfig::check`] found it afterwards (ranges,
+//! combinations, addresses, names): `check` returns a [`Problem`] against one key and [`load`]
+//! asks figment which provider gave that key (`flag --raft.rtt`, `environment variable
+//! RAFT_RTT`, `YAML file /etc/armada/config.yaml`, or the default). All of this happens before
+//! the node touches its data directory, so a refused configuration leaves nothing behind.
+//!
+//! A config file is either given (`--config`) or the only `config.*` of the first search
+//! directory that has one; two there are an error, as is a key given twice in a YAML or JSON
+//! file (figment's readers would keep one silently; [`UniqueKeys`] checks the text first).
+//!
+//! Some defaults depend on other keys and are filled in after layering
+//! ([`ServerConfig::fill_derived_defaults`]): the advertised client URL follows `api.address`,
+//! the cluster name follows the role.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
