@@ -439,6 +439,13 @@ async fn several_addresses_fail_over_and_values_come_from_stdin() {
         "{stderr}"
     );
 
+    // A node on port 0 advertises the port it bound.
+    let members = armada_with_input(&["members", "--json", "--address", api], b"");
+    assert_eq!(
+        json_stdout(&members)["members"][0]["client_urls"],
+        serde_json::json!([api])
+    );
+
     // --print-value-only: values only, one per line.
     for (key, value) in [("p/1", "one"), ("p/2", "two")] {
         let put = armada_with_input(&["kv", "put", "cli", key, value, "--address", api], b"");

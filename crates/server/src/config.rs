@@ -91,6 +91,22 @@ pub struct ApiConfig {
     pub allowed_hostname: String,
 }
 
+impl ApiConfig {
+    /// The advertised client URL once the API listens on `bound_url`: an advertised port 0
+    /// (the listener's port chosen by the OS) becomes the port actually bound.
+    pub fn advertise_address_bound(&self, bound_url: &str) -> String {
+        let base = self.advertise_address.strip_suffix(":0");
+        let port = bound_url
+            .rsplit_once(':')
+            .map(|(_, port)| port)
+            .filter(|port| port.parse::<u16>().is_ok());
+        match (base, port) {
+            (Some(base), Some(port)) => format!("{base}:{port}"),
+            _ => self.advertise_address.clone(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct RestConfig {
@@ -1583,6 +1599,20 @@ mod tests {
         assert_eq!(
             advertise_address_of("unix:///run/armada.sock").0,
             "unix:///run/armada.sock"
+        );
+        // Port 0: the port the OS chose is advertised once the listener is bound.
+        let config =
+            try_load(NodeRole::Leader, &[("api.address", "http://127.0.0.2:0")]).expect("ok");
+        assert_eq!(
+            config.api.advertise_address_bound("http://127.0.0.2:40123"),
+            "http://127.0.0.2:40123"
+        );
+        assert_eq!(
+            try_load(NodeRole::Leader, &[])
+                .expect("ok")
+                .api
+                .advertise_address_bound("http://0.0.0.0:40123"),
+            "http://127.0.0.1:8443"
         );
     }
 
