@@ -60,6 +60,7 @@ pub async fn run(
 
     let (stop_sender, stop) = watch::channel(false);
     let api_listener = Listener::bind("api.address", &config.api.address, api_tls).await?;
+    node.set_api_bound(&api_listener.url());
     // The replication API is the leader cluster's; follower nodes do not serve it.
     let replication_listener = match config.is_follower() {
         true => None,

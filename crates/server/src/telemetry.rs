@@ -31,8 +31,13 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
 }
 
 /// Sets up logging: human-readable text or JSON lines, filtered by `level` (or `RUST_LOG`).
+/// `level` is one of `config::LOG_LEVELS` in any case (checked when the configuration is
+/// loaded). Text has ANSI colours only when stderr is a terminal: a log file or a journal
+/// would otherwise be full of escape codes.
 pub fn init_logging(level: &str, format: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
+    let level = level.to_ascii_lowercase();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!(
             "{level},openraft=error,fjall=warn,lsm_tree=warn,h2=warn,tower=warn,hyper=warn"
@@ -40,6 +45,7 @@ pub fn init_logging(level: &str, format: &str) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = if format == "json" {
         builder.json().try_init()

@@ -89,7 +89,7 @@ impl ClusterService {
         Ok(StatusResponse {
             id: self.node.node_id.to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            info: String::new(),
+            info: format!("cluster {}", self.node.config.cluster.name),
             tables,
             config,
             errors,
@@ -135,7 +135,7 @@ impl Cluster for ClusterService {
                 })
                 .collect();
             Ok(MemberListResponse {
-                cluster: "default".into(),
+                cluster: self.node.config.cluster.name.clone(),
                 members,
             })
         })
