@@ -71,4 +71,8 @@ pub fn record_node_gauges(node: &Node) {
             .set(group.table.read_view().position().revision.get() as f64);
     }
     metrics::gauge!("armada_storage_disk_bytes").set(node.storage.disk_space() as f64);
+    metrics::gauge!("armada_storage_journal_bytes").set(node.storage.journal_bytes() as f64);
+    // fjall counts compactions per database, not per keyspace: a node-level counter.
+    metrics::counter!("armada_storage_compactions_total")
+        .absolute(node.storage.compactions_completed());
 }
