@@ -66,8 +66,8 @@ enum Command {
     Restore(cmd::restore::RestoreArgs),
     /// Load generator for Armada and etcd.
     Bench(cmd::bench::BenchArgs),
-    /// Print the version.
-    Version,
+    /// Print the version and the git revision of this build.
+    Version(cmd::version::VersionArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -95,10 +95,7 @@ fn main() -> std::process::ExitCode {
             Command::Backup(args) => cmd::backup::run(args).await,
             Command::Restore(args) => cmd::restore::run(args).await,
             Command::Bench(args) => cmd::bench::run(args).await,
-            Command::Version => {
-                println!("armada {}", env!("CARGO_PKG_VERSION"));
-                Ok(())
-            }
+            Command::Version(args) => cmd::version::run(&args),
         }
     });
     match result {

@@ -88,3 +88,58 @@ async fn status_and_metrics_report_the_tables_real_size() {
     assert!(journal >= written, "armada_storage_journal_bytes {journal}");
     assert!(metric(&body, "armada_storage_compactions_total", &[]).is_some());
 }
+
+/// `armada version` (text and JSON), Status and `armada_build_info` name the same version and
+/// git revision: the one the build was made from.
+#[tokio::test(flavor = "multi_thread")]
+async fn version_and_revision_are_the_same_everywhere() {
+    let version = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_armada"))
+            .arg("version")
+            .args(args)
+            .output()
+            .expect("run armada version");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).expect("utf-8")
+    };
+    let json: serde_json::Value = serde_json::from_str(&version(&["--json"])).expect("json");
+    let (package, revision) = (
+        json["version"].as_str().expect("version").to_string(),
+        json["revision"].as_str().expect("revision").to_string(),
+    );
+    assert_eq!(package, env!("CARGO_PKG_VERSION"));
+    assert!(!revision.is_empty());
+    // Built from this checkout (unless the build was told its revision): git's revision.
+    if std::env::var_os("ARMADA_GIT_REVISION").is_none()
+        && let Ok(git) = std::process::Command::new("git")
+            .args(["rev-parse", "--short", "HEAD"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+        && git.status.success()
+    {
+        assert_eq!(revision, String::from_utf8_lossy(&git.stdout).trim());
+    }
+    let description = format!("armada {package} (revision {revision})");
+    assert_eq!(version(&[]).trim_end(), description);
+
+    let armada = Armada::start();
+    let status = armada
+        .cluster()
+        .await
+        .status(StatusRequest::default())
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(status.version, package);
+    assert_eq!(status.info, description);
+    let body = metrics(&armada);
+    assert_eq!(
+        metric(
+            &body,
+            "armada_build_info",
+            &[("version", &package), ("revision", &revision)]
+        ),
+        Some(1.0),
+        "{body}"
+    );
+}

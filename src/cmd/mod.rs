@@ -9,3 +9,4 @@ pub mod leader;
 pub mod restore;
 pub mod status;
 pub mod table;
+pub mod version;

@@ -3,6 +3,7 @@
 
 pub mod address;
 pub mod api;
+pub mod build_info;
 pub mod catalog;
 pub mod certificates;
 pub mod cluster;

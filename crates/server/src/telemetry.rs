@@ -50,6 +50,7 @@ pub fn init_logging(level: &str, format: &str) {
 
 /// Per-table and per-group gauges, sampled when `/metrics` is scraped.
 pub fn record_node_gauges(node: &Node) {
+    crate::build_info::record_metric();
     for (name, group) in node.table_groups().iter() {
         let labels = [("table", name.clone()), ("shard_id", group.id.to_string())];
         let metrics = group.raft.metrics();

@@ -88,8 +88,8 @@ impl ClusterService {
             .then(|| to_struct(self.node.config.flat_redacted()));
         Ok(StatusResponse {
             id: self.node.node_id.to_string(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            info: String::new(),
+            version: crate::build_info::VERSION.to_string(),
+            info: crate::build_info::description(),
             tables,
             config,
             errors,
