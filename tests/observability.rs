@@ -143,3 +143,27 @@ async fn version_and_revision_are_the_same_everywhere() {
         "{body}"
     );
 }
+
+/// Every write proposed to a table's Raft group counts in `armada_raft_proposals_total`, and
+/// the group's first election (this process started it) in `armada_raft_elections_total`.
+#[tokio::test(flavor = "multi_thread")]
+async fn raft_proposals_and_elections_are_counted_per_table() {
+    let armada = Armada::start();
+    armada.create_table("counted").await;
+    armada.create_table("idle").await;
+    let mut kv = armada.kv().await;
+    let writes = 25;
+    for index in 0..writes {
+        kv.put(put("counted", format!("k{index}"), "v"))
+            .await
+            .expect("put");
+    }
+    let body = metrics(&armada);
+    let proposals = |table| metric(&body, "armada_raft_proposals_total", &[("table", table)]);
+    assert_eq!(proposals("counted"), Some(f64::from(writes)), "{body}");
+    assert_eq!(proposals("idle"), None, "no write was proposed to idle");
+    for table in ["counted", "idle"] {
+        let elections = metric(&body, "armada_raft_elections_total", &[("table", table)]);
+        assert_eq!(elections, Some(1.0), "{table}: {body}");
+    }
+}

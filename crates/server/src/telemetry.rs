@@ -67,6 +67,8 @@ pub fn record_node_gauges(node: &Node) {
             .set(metrics.cluster_committed.as_ref().map_or(0, |id| id.index) as f64);
         metrics::gauge!("armada_raft_applied_index", &labels)
             .set(metrics.last_applied.as_ref().map_or(0, |id| id.index) as f64);
+        metrics::counter!("armada_raft_elections_total", &labels)
+            .absolute(node.log_engine().group_term_changes(group.id));
         metrics::gauge!("armada_table_disk_bytes", &labels).set(group.table.disk_bytes() as f64);
         metrics::gauge!("armada_table_revision", &labels)
             .set(group.table.read_view().position().revision.get() as f64);
