@@ -167,3 +167,212 @@ async fn raft_proposals_and_elections_are_counted_per_table() {
         assert_eq!(elections, Some(1.0), "{table}: {body}");
     }
 }
+
+mod grpc_services {
+    use super::*;
+    use futures::StreamExt;
+    use std::time::{Duration, Instant};
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    fn request(service: &str) -> HealthCheckRequest {
+        HealthCheckRequest {
+            service: service.to_string(),
+        }
+    }
+
+    async fn check(health: &mut HealthClient<tonic::transport::Channel>, service: &str) -> i32 {
+        health
+            .check(request(service))
+            .await
+            .expect("check")
+            .into_inner()
+            .status
+    }
+
+    /// Waits (bounded) until `service` reports `wanted`.
+    async fn wait_for_status(
+        health: &mut HealthClient<tonic::transport::Channel>,
+        service: &str,
+        wanted: ServingStatus,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = check(health, service).await;
+            if status == wanted as i32 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{service}: {status}, not {wanted:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `grpc.health.v1.Health` on the API port: SERVING once the node serves reads, for the
+    /// server (`""`) and each API service; unknown services are NotFound; on SIGTERM an open
+    /// Watch sees NOT_SERVING and ends, and the node still exits cleanly.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn grpc_health_follows_readiness_and_reports_shutdown() {
+        let mut armada = Armada::start();
+        let mut health = HealthClient::new(armada.channel().await);
+        wait_for_status(&mut health, "", ServingStatus::Serving).await;
+        for service in ["regatta.v1.KV", "regatta.v1.Tables", "regatta.v1.Cluster"] {
+            assert_eq!(
+                check(&mut health, service).await,
+                ServingStatus::Serving as i32
+            );
+        }
+        assert_eq!(
+            check(&mut health, "maintenance.v1.Maintenance").await,
+            ServingStatus::Serving as i32
+        );
+        let unknown = health.check(request("no.such.Service")).await;
+        assert_eq!(unknown.expect_err("unknown").code(), tonic::Code::NotFound);
+
+        let mut watch = health.watch(request("")).await.expect("watch").into_inner();
+        let first: HealthCheckResponse = watch.next().await.expect("first").expect("status");
+        assert_eq!(first.status, ServingStatus::Serving as i32);
+        let stopping = tokio::task::spawn_blocking(move || {
+            let status = armada.terminate();
+            (armada, status)
+        });
+        let mut seen = Vec::new();
+        while let Some(Ok(message)) = watch.next().await {
+            seen.push(message.status);
+        }
+        assert_eq!(
+            seen,
+            [ServingStatus::NotServing as i32],
+            "statuses after SIGTERM"
+        );
+        let (armada, status) = stopping.await.expect("terminate");
+        assert!(status.success(), "{status}:\n{}", armada.log());
+    }
+
+    /// A follower node that has not bootstrapped its tables (its leader cluster is not
+    /// reachable) does not serve reads: NOT_SERVING, as `/readyz` says 503.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn grpc_health_is_not_serving_while_the_node_is_not_ready() {
+        let unreachable = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let leader = format!("http://{}", unreachable.local_addr().expect("address"));
+        drop(unreachable);
+        let cluster = common::Cluster::start_follower(1, &leader, &[]);
+        let node = cluster.node(1);
+        let (ready, body) = http_get(&node.rest, "/readyz");
+        assert_eq!(ready, 503, "{body}");
+        let mut health = HealthClient::new(node.channel().await);
+        assert_eq!(
+            check(&mut health, "").await,
+            ServingStatus::NotServing as i32
+        );
+        assert_eq!(
+            check(&mut health, "regatta.v1.KV").await,
+            ServingStatus::NotServing as i32
+        );
+    }
+
+    /// Server reflection lists the API's services (grpcurl needs no .proto files) and
+    /// describes them with every type resolvable.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn server_reflection_lists_and_describes_the_api() {
+        let armada = Armada::start();
+        let mut reflection = ServerReflectionClient::new(armada.channel().await);
+        let ask = |message: MessageRequest| ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(message),
+        };
+        let requests = futures::stream::iter([
+            ask(MessageRequest::ListServices(String::new())),
+            ask(MessageRequest::FileContainingSymbol("regatta.v1.KV".into())),
+        ]);
+        let mut answers = reflection
+            .server_reflection_info(requests)
+            .await
+            .expect("reflection")
+            .into_inner();
+        let listed = match answers
+            .next()
+            .await
+            .expect("answer")
+            .expect("ok")
+            .message_response
+        {
+            Some(MessageResponse::ListServicesResponse(list)) => list.service,
+            other => panic!("not a service list: {other:?}"),
+        };
+        let mut names: Vec<String> = listed.into_iter().map(|service| service.name).collect();
+        names.sort();
+        for expected in [
+            "grpc.health.v1.Health",
+            "maintenance.v1.Maintenance",
+            "regatta.v1.Cluster",
+            "regatta.v1.KV",
+            "regatta.v1.Tables",
+        ] {
+            assert!(
+                names.iter().any(|name| name == expected),
+                "{expected} not in {names:?}"
+            );
+        }
+        // Not served on this port: the replication API and etcd's (a bench client only).
+        assert!(
+            names
+                .iter()
+                .all(|name| !name.starts_with("replication.") && !name.starts_with("etcd")),
+            "{names:?}"
+        );
+        let regatta = match answers
+            .next()
+            .await
+            .expect("answer")
+            .expect("ok")
+            .message_response
+        {
+            Some(MessageResponse::FileDescriptorResponse(files)) => files.file_descriptor_proto,
+            other => panic!("not a file descriptor: {other:?}"),
+        };
+        use prost::Message as _;
+        let regatta =
+            prost_types::FileDescriptorProto::decode(regatta[0].as_slice()).expect("descriptor");
+        assert_eq!(regatta.name(), "regatta.proto");
+        // Every import resolves by name, as a reflection client then asks.
+        assert!(regatta.dependency.iter().any(|name| name == "mvcc.proto"));
+        let imports = futures::stream::iter(
+            regatta
+                .dependency
+                .iter()
+                .map(|name| ask(MessageRequest::FileByFilename(name.clone())))
+                .collect::<Vec<_>>(),
+        );
+        let mut answers = reflection
+            .server_reflection_info(imports)
+            .await
+            .expect("reflection")
+            .into_inner();
+        for name in &regatta.dependency {
+            match answers
+                .next()
+                .await
+                .expect("answer")
+                .expect("ok")
+                .message_response
+            {
+                Some(MessageResponse::FileDescriptorResponse(files)) => {
+                    let file = prost_types::FileDescriptorProto::decode(
+                        files.file_descriptor_proto[0].as_slice(),
+                    )
+                    .expect("descriptor");
+                    assert_eq!(file.name(), name);
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+}

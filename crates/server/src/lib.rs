@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod follower;
 pub mod groups;
+pub mod health;
 pub mod listener;
 pub mod load;
 pub mod node;
