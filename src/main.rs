@@ -36,7 +36,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "armada",
-    version,
+    version = armada_server::build_info::VERSION_AND_REVISION,
     about = "Geo-distributed key-value store (Regatta API)"
 )]
 struct Cli {

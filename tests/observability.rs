@@ -121,6 +121,14 @@ async fn version_and_revision_are_the_same_everywhere() {
     }
     let description = format!("armada {package} (revision {revision})");
     assert_eq!(version(&[]).trim_end(), description);
+    let flag = std::process::Command::new(env!("CARGO_BIN_EXE_armada"))
+        .arg("--version")
+        .output()
+        .expect("run armada --version");
+    assert_eq!(
+        String::from_utf8_lossy(&flag.stdout).trim_end(),
+        description
+    );
 
     let armada = Armada::start();
     let status = armada

@@ -8,9 +8,17 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The short git revision of the build, or `unknown`.
 pub const GIT_REVISION: &str = env!("ARMADA_GIT_REVISION");
 
+/// The version with its revision, `0.1.0 (revision 1a2b3c4)`: what `armada --version` prints.
+pub const VERSION_AND_REVISION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (revision ",
+    env!("ARMADA_GIT_REVISION"),
+    ")"
+);
+
 /// One line for humans and `Status.info`: `armada 0.1.0 (revision 1a2b3c4)`.
 pub fn description() -> String {
-    format!("armada {VERSION} (revision {GIT_REVISION})")
+    format!("armada {VERSION_AND_REVISION}")
 }
 
 /// Publishes `armada_build_info{version, revision} 1`, the Prometheus convention for
