@@ -36,7 +36,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "armada",
-    version,
+    version = armada_server::build_info::VERSION_AND_REVISION,
     about = "Geo-distributed key-value store (Regatta API)",
     after_help = cmd::exit::EXIT_CODES_HELP
 )]
@@ -70,8 +70,8 @@ enum Command {
     Restore(cmd::restore::RestoreArgs),
     /// Load generator for Armada and etcd.
     Bench(cmd::bench::BenchArgs),
-    /// Print the version.
-    Version,
+    /// Print the version and the git revision of this build.
+    Version(cmd::version::VersionArgs),
 }
 
 impl Command {
@@ -117,10 +117,7 @@ fn main() -> std::process::ExitCode {
             Command::Backup(args) => cmd::backup::run(args).await,
             Command::Restore(args) => cmd::restore::run(args).await,
             Command::Bench(args) => cmd::bench::run(args).await,
-            Command::Version => {
-                println!("armada {}", env!("CARGO_PKG_VERSION"));
-                Ok(())
-            }
+            Command::Version(args) => cmd::version::run(&args),
         }
     });
     match result {

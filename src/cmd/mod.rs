@@ -11,3 +11,4 @@ pub mod reset;
 pub mod restore;
 pub mod status;
 pub mod table;
+pub mod version;

@@ -6,6 +6,11 @@
 
 pub mod codec;
 
+/// Encoded `FileDescriptorSet` of the services the API port serves (and every message they
+/// use), for gRPC server reflection; written by `build.rs`.
+pub const API_FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/api_descriptor_set.bin"));
+
 pub mod mvcc {
     pub mod v1 {
         tonic::include_proto!("mvcc.v1");

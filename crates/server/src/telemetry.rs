@@ -56,6 +56,7 @@ pub fn init_logging(level: &str, format: &str) {
 
 /// Per-table and per-group gauges, sampled when `/metrics` is scraped.
 pub fn record_node_gauges(node: &Node) {
+    crate::build_info::record_metric();
     for (name, group) in node.table_groups().iter() {
         let labels = [("table", name.clone()), ("shard_id", group.id.to_string())];
         let metrics = group.raft.metrics();
@@ -72,9 +73,15 @@ pub fn record_node_gauges(node: &Node) {
             .set(metrics.cluster_committed.as_ref().map_or(0, |id| id.index) as f64);
         metrics::gauge!("armada_raft_applied_index", &labels)
             .set(metrics.last_applied.as_ref().map_or(0, |id| id.index) as f64);
+        metrics::counter!("armada_raft_elections_total", &labels)
+            .absolute(node.log_engine().group_term_changes(group.id));
         metrics::gauge!("armada_table_disk_bytes", &labels).set(group.table.disk_bytes() as f64);
         metrics::gauge!("armada_table_revision", &labels)
             .set(group.table.read_view().position().revision.get() as f64);
     }
     metrics::gauge!("armada_storage_disk_bytes").set(node.storage.disk_space() as f64);
+    metrics::gauge!("armada_storage_journal_bytes").set(node.storage.journal_bytes() as f64);
+    // fjall counts compactions per database, not per keyspace: a node-level counter.
+    metrics::counter!("armada_storage_compactions_total")
+        .absolute(node.storage.compactions_completed());
 }
