@@ -36,8 +36,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "armada",
-    version,
-    about = "Geo-distributed key-value store (Regatta API)"
+    version = armada_server::build_info::VERSION_AND_REVISION,
+    about = "Geo-distributed key-value store (Regatta API)",
+    after_help = cmd::exit::EXIT_CODES_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -60,19 +61,39 @@ enum Command {
     Status(cmd::status::StatusArgs),
     /// List the members of a cluster.
     Members(cmd::status::MembersArgs),
+    /// Follower cluster: wipe a table's replica (or every table's) and re-bootstrap it from
+    /// the leader cluster.
+    Reset(cmd::reset::ResetArgs),
     /// Back up every table (or --tables) into a directory: <table>.bak files and manifest.json.
     Backup(cmd::backup::BackupArgs),
     /// Restore tables from a backup directory (checks every file first). Destructive.
     Restore(cmd::restore::RestoreArgs),
     /// Load generator for Armada and etcd.
     Bench(cmd::bench::BenchArgs),
-    /// Print the version.
-    Version,
+    /// Print the version and the git revision of this build.
+    Version(cmd::version::VersionArgs),
+}
+
+impl Command {
+    /// Whether the command was asked for JSON output (then its errors are JSON too).
+    fn json(&self) -> bool {
+        match self {
+            Command::Kv(args) => args.client.json,
+            Command::Table(args) => args.client.json,
+            Command::Status(args) => args.client.json,
+            Command::Members(args) => args.client.json,
+            Command::Reset(args) => args.client.json,
+            Command::Backup(args) => args.transfer.json,
+            Command::Restore(args) => args.transfer.json,
+            _ => false,
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
     configure_allocator();
     let cli = Cli::parse();
+    let json = cli.command.json();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -92,20 +113,21 @@ fn main() -> std::process::ExitCode {
             Command::Table(args) => cmd::table::run(args).await,
             Command::Status(args) => cmd::status::run(args).await,
             Command::Members(args) => cmd::status::run_members(args).await,
+            Command::Reset(args) => cmd::reset::run(args).await,
             Command::Backup(args) => cmd::backup::run(args).await,
             Command::Restore(args) => cmd::restore::run(args).await,
             Command::Bench(args) => cmd::bench::run(args).await,
-            Command::Version => {
-                println!("armada {}", env!("CARGO_PKG_VERSION"));
-                Ok(())
-            }
+            Command::Version(args) => cmd::version::run(&args),
         }
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
+            if json {
+                println!("{}", cmd::exit::error_json(&error));
+            }
+            std::process::ExitCode::from(cmd::exit::classify(&error).code())
         }
     }
 }

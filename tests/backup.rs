@@ -607,8 +607,8 @@ async fn maintenance_needs_the_token_and_names_unknown_tables() {
         std::fs::read(dir.path().join("manifest.json")).expect("manifest"),
         previous
     );
-    // ...and one that fails half-way (the second table does not exist) leaves no manifest — not
-    // even the previous one, whose files it may have overwritten — and no partial file.
+    // ...and so does one that fails half-way (the second table does not exist): nothing is
+    // moved into place before every table is complete, and no partial file is left.
     assert_failure(
         &armada_cli(
             &armada.api,
@@ -622,7 +622,11 @@ async fn maintenance_needs_the_token_and_names_unknown_tables() {
         .map(|entry| entry.expect("entry").file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, ["t.bak"]);
+    assert_eq!(names, ["manifest.json", "t.bak"]);
+    assert_eq!(
+        std::fs::read(dir.path().join("manifest.json")).expect("manifest"),
+        previous
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1482,4 +1486,110 @@ async fn large_table_round_trip_with_flat_memory() {
         backup.server_peak < backup.server_before + 100 * 1024 * 1024,
         "the server grew during the backup"
     );
+}
+
+/// The files of a directory, hidden ones included, sorted.
+fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Table names up to the limit (255 bytes) back up under a file name that fits (a hashed one
+/// past 251 bytes, recorded in the manifest; `<table>.bak` up to 251, even though the old
+/// temporary `.<table>.bak.partial` did not fit from 246 on) and restore from it; a run that
+/// fails halfway leaves the previous backup as it was, with no partial file beside it.
+#[tokio::test(flavor = "multi_thread")]
+async fn long_table_names_round_trip_and_a_failed_backup_keeps_the_previous_one() {
+    let armada = Armada::start();
+    let client = client(&armada, None).await;
+    let longest = "l".repeat(255);
+    let long = format!("{}-246", "m".repeat(242));
+    let fitting = "f".repeat(251);
+    let mut tables = BTreeMap::new();
+    for (name, prefix) in [(&longest, "a/"), (&long, "b/"), (&fitting, "c/")] {
+        client.create_table(name).await.expect("create");
+        let contents = keys(prefix, 50, "v1");
+        put_all(&client, name, &contents).await;
+        tables.insert(name.clone(), contents);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backup = |tables: &str| {
+        armada_cli(
+            &armada.api,
+            None,
+            &["backup", "--dir", path_str(dir.path()), "--tables", tables],
+        )
+    };
+    assert_success(&backup(&format!("{longest},{long},{fitting}")));
+    let manifest = read_manifest(dir.path());
+    let mut listed = Vec::new();
+    for entry in manifest["tables"].as_array().expect("tables") {
+        let name = entry["name"].as_str().expect("name");
+        let file_name = entry["file_name"].as_str().expect("file_name");
+        assert!(file_name.len() <= 255, "{file_name}");
+        if name.len() + ".bak".len() <= 255 {
+            assert_eq!(
+                file_name,
+                format!("{name}.bak"),
+                "Regatta's name when it fits"
+            );
+        } else {
+            assert!(
+                file_name.contains('~') && file_name.ends_with(".bak"),
+                "{file_name}"
+            );
+        }
+        let (decoded, _) = decode_file(&dir.path().join(file_name));
+        assert_eq!(decoded, tables[name], "{name}");
+        listed.push(file_name.to_string());
+    }
+    listed.push("manifest.json".into());
+    listed.sort();
+    assert_eq!(
+        dir_entries(dir.path()),
+        listed,
+        "only the files and the manifest"
+    );
+
+    // The restore finds every file through the manifest's file_name.
+    for name in tables.keys() {
+        put_all(&client, name, &keys("z/", 5, "later")).await;
+    }
+    assert_success(&armada_cli(
+        &armada.api,
+        None,
+        &["restore", "--dir", path_str(dir.path())],
+    ));
+    for (name, contents) in &tables {
+        assert_eq!(&read_table(&client, name).await, contents, "{name}");
+    }
+
+    // A run that fails on its second table ("zz-missing" sorts last) changes
+    // nothing in the directory: the previous manifest and files stay, no staging is left.
+    let before: Vec<(String, Vec<u8>)> = dir_entries(dir.path())
+        .into_iter()
+        .map(|name| {
+            let bytes = std::fs::read(dir.path().join(&name)).expect("read");
+            (name, bytes)
+        })
+        .collect();
+    assert_failure(&backup(&format!("{long},zz-missing")), "zz-missing");
+    let after: Vec<(String, Vec<u8>)> = dir_entries(dir.path())
+        .into_iter()
+        .map(|name| {
+            let bytes = std::fs::read(dir.path().join(&name)).expect("read");
+            (name, bytes)
+        })
+        .collect();
+    assert_eq!(after, before, "a failed backup touched the previous one");
 }

@@ -284,3 +284,295 @@ fn node_api(line: &str, prefix: &str) -> Option<String> {
     words.find(|word| *word == "API")?;
     words.next().map(str::to_string)
 }
+
+/// Runs the CLI with `args` (and `--address` only if the test gives it), feeding `stdin`.
+fn armada_with_input(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_armada"))
+        .args(args)
+        .env_remove("ARMADA_ADDRESS")
+        .env_remove("ARMADA_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run armada");
+    let mut input = child.stdin.take().expect("stdin");
+    let stdin = stdin.to_vec();
+    // A separate writer: a large input must not block on a full pipe while we wait.
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let output = child.wait_with_output().expect("wait");
+    writer.join().expect("writer");
+    output
+}
+
+fn json_stdout(output: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "stdout is not JSON ({error}): {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_error_class_has_its_exit_code_and_a_json_form() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let armada = Armada::start_in(dir.path(), &["--tables.token", "s3cret"]);
+    let api = armada.api.as_str();
+    let run = |args: &[&str]| armada_with_input(args, b"");
+    let code = |output: &std::process::Output| output.status.code();
+    let created = run(&[
+        "table",
+        "create",
+        "cli",
+        "--token",
+        "s3cret",
+        "--address",
+        api,
+    ]);
+    assert_eq!(code(&created), Some(0), "{created:?}");
+
+    // 2: usage — a missing argument (clap) and an address that is not one.
+    assert_eq!(code(&run(&["kv", "get", "cli", "--address", api])), Some(2));
+    let bad_address = run(&["kv", "get", "cli", "k", "--address", "ftp://x", "--json"]);
+    assert_eq!(code(&bad_address), Some(2));
+    assert_eq!(json_stdout(&bad_address)["error"]["class"], "usage");
+    // 3: nothing listens on port 1.
+    let refused = run(&["kv", "get", "cli", "k", "--address", "http://127.0.0.1:1"]);
+    assert_eq!(code(&refused), Some(3), "{refused:?}");
+    // 4: an unknown table, also as JSON on stdout.
+    let missing = run(&["kv", "get", "nope", "k", "--address", api, "--json"]);
+    assert_eq!(code(&missing), Some(4));
+    let error = &json_stdout(&missing)["error"];
+    assert_eq!(error["class"], "not_found");
+    assert_eq!(error["exit_code"], 4);
+    assert_eq!(error["grpc_code"], "NotFound");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not found")),
+        "{error}"
+    );
+    // 5: an empty key refused by the server.
+    let invalid = run(&["kv", "put", "cli", "", "v", "--address", api]);
+    assert_eq!(code(&invalid), Some(5), "{invalid:?}");
+    // 6: the Tables API without its token.
+    let unauthenticated = run(&["table", "create", "other", "--address", api]);
+    assert_eq!(code(&unauthenticated), Some(6), "{unauthenticated:?}");
+    // 7: a deadline no call can meet (a linearizable read waits for the Raft leader).
+    let late = run(&[
+        "kv",
+        "get",
+        "cli",
+        "k",
+        "--linearizable",
+        "--timeout",
+        "0.000000001",
+        "--address",
+        api,
+    ]);
+    assert_eq!(code(&late), Some(7), "{late:?}");
+    // 8: a table that exists.
+    let exists = run(&[
+        "table",
+        "create",
+        "cli",
+        "--token",
+        "s3cret",
+        "--address",
+        api,
+    ]);
+    assert_eq!(code(&exists), Some(8), "{exists:?}");
+    // The table is documented in --help.
+    let help = run(&["--help"]);
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("Exit codes: 0 success"),
+        "{help:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn several_addresses_fail_over_and_values_come_from_stdin() {
+    let armada = Armada::start();
+    let api = armada.api.as_str();
+    armada.create_table("cli").await;
+    // The first address is unreachable: the second serves.
+    let addresses = format!("http://127.0.0.1:1,{api}");
+    let binary = b"\xff\x00line\n";
+    let put = armada_with_input(
+        &["kv", "put", "cli", "bin", "--address", &addresses],
+        binary,
+    );
+    assert!(put.status.success(), "{put:?}");
+    // The same list from the environment.
+    let got = Command::new(env!("CARGO_BIN_EXE_armada"))
+        .args(["kv", "get", "cli", "bin", "--json"])
+        .env("ARMADA_ADDRESS", &addresses)
+        .output()
+        .expect("run");
+    let json = json_stdout(&got);
+    let kv = &json["kvs"][0];
+    assert_eq!(kv["key"], "bin");
+    assert_eq!(kv["key_base64"], "Ymlu");
+    assert_eq!(kv["value"], serde_json::Value::Null, "not UTF-8: {kv}");
+    assert_eq!(kv["value_base64"], "/wBsaW5lCg==");
+    // Every address unreachable: unavailable, naming them.
+    let none = armada_with_input(
+        &[
+            "kv",
+            "get",
+            "cli",
+            "bin",
+            "--address",
+            "http://127.0.0.1:1,http://127.0.0.1:2",
+        ],
+        b"",
+    );
+    assert_eq!(none.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&none.stderr);
+    assert!(
+        stderr.contains("tried http://127.0.0.1:1, http://127.0.0.1:2"),
+        "{stderr}"
+    );
+
+    // A node on port 0 advertises the port it bound.
+    let members = armada_with_input(&["members", "--json", "--address", api], b"");
+    assert_eq!(
+        json_stdout(&members)["members"][0]["client_urls"],
+        serde_json::json!([api])
+    );
+
+    // --print-value-only: values only, one per line.
+    for (key, value) in [("p/1", "one"), ("p/2", "two")] {
+        let put = armada_with_input(&["kv", "put", "cli", key, value, "--address", api], b"");
+        assert!(put.status.success(), "{put:?}");
+    }
+    let values = armada_with_input(
+        &[
+            "kv",
+            "get",
+            "cli",
+            "p/",
+            "--prefix",
+            "--print-value-only",
+            "--address",
+            api,
+        ],
+        b"",
+    );
+    assert_eq!(String::from_utf8_lossy(&values.stdout), "one\ntwo\n");
+    // A value over the 2 MiB limit on stdin is refused before it is sent.
+    let huge = vec![b'x'; 2 * 1024 * 1024 + 1];
+    let refused = armada_with_input(&["kv", "put", "cli", "huge", "--address", api], &huge);
+    assert_eq!(refused.status.code(), Some(5), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("value") && stderr.contains("2097152"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reset_rebuilds_a_follower_table_with_the_maintenance_token() {
+    let leader = common::Cluster::start(1, &[]);
+    let leader = leader.node(1);
+    leader.create_table("policy").await;
+    let put = armada_with_input(
+        &["kv", "put", "policy", "k", "v", "--address", &leader.api],
+        b"",
+    );
+    assert!(put.status.success(), "{put:?}");
+    let mut followers = common::Cluster::start_follower(
+        1,
+        &leader.replication,
+        &[
+            "--maintenance.token",
+            "m4int",
+            "--replication.reconcile-interval",
+            "500ms",
+        ],
+    );
+    let api = followers.node(1).api.clone();
+    let recoveries = |api: &str| {
+        let status = armada_with_input(&["status", "--json", "--address", api], b"");
+        json_stdout(&status)["tables"]["policy"]["replication"]["snapshot_recoveries"].as_u64()
+    };
+    // Wait until the follower serves the leader's data: its first bootstrap is over.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let before = loop {
+        let got = armada_with_input(&["kv", "get", "policy", "k", "--address", &api], b"");
+        if got.stdout == b"k\nv\n"
+            && let Some(count) = recoveries(&api)
+        {
+            break count;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower never bootstrapped the table"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let unauthenticated = armada_with_input(&["reset", "policy", "--address", &api], b"");
+    assert_eq!(
+        unauthenticated.status.code(),
+        Some(6),
+        "{unauthenticated:?}"
+    );
+    let reset = armada_with_input(
+        &[
+            "reset",
+            "policy",
+            "--token",
+            "m4int",
+            "--timeout",
+            "60s",
+            "--address",
+            &api,
+        ],
+        b"",
+    );
+    assert!(reset.status.success(), "{reset:?}");
+    let after = recoveries(&api);
+    assert!(
+        after.is_some_and(|after| after > before),
+        "{before} {after:?} {reset:?}"
+    );
+    let got = armada_with_input(&["kv", "get", "policy", "k", "--address", &api], b"");
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "k\nv\n");
+    let all = armada_with_input(
+        &[
+            "reset",
+            "--all",
+            "--json",
+            "--token",
+            "m4int",
+            "--timeout",
+            "60s",
+            "--address",
+            &api,
+        ],
+        b"",
+    );
+    assert_eq!(json_stdout(&all)["reset"], "all");
+    // A leader-cluster node has nothing to reset; neither is a table and --all.
+    let on_leader = armada_with_input(&["reset", "policy", "--address", &leader.api], b"");
+    assert_eq!(on_leader.status.code(), Some(5), "{on_leader:?}");
+    let both = armada_with_input(&["reset", "policy", "--all", "--address", &api], b"");
+    assert_eq!(both.status.code(), Some(2));
+    // The follower's members carry its cluster's default name.
+    let members = armada_with_input(&["members", "--json", "--address", &api], b"");
+    assert_eq!(json_stdout(&members)["cluster"], "follower");
+
+    let follower = followers.node_mut(1);
+    let exit = follower.terminate();
+    assert!(exit.success(), "{exit}");
+    let log = follower.log();
+    assert!(
+        !log.lines().any(|line| line.contains(" ERROR ")),
+        "a clean SIGTERM logs no error:\n{log}"
+    );
+}

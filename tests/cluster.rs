@@ -194,6 +194,15 @@ async fn three_nodes_serve_writes_and_linearizable_reads_on_any_node() {
             .all(|m| m.client_ur_ls.len() == 1 && m.peer_ur_ls.len() == 1),
         "{members:?}"
     );
+    // Each member advertises the API address that node actually serves (port 0 resolved).
+    for member in &members.members {
+        let id: u64 = member.id.parse().expect("numeric id");
+        assert_eq!(
+            member.client_ur_ls,
+            std::slice::from_ref(&cluster.node(id).api),
+            "{members:?}"
+        );
+    }
 
     // Deleting on one node removes the table everywhere.
     cluster

@@ -1,12 +1,14 @@
 //! `armada backup`: every table (or `--tables a,b`) of a leader cluster into a directory, in
-//! Regatta's layout (`backup_dir`): `<table>.bak` each, then `manifest.json`.
+//! Regatta's layout (`backup_dir`): one dump file per table, then `manifest.json`.
 //!
 //! Each table is one `Maintenance.Backup` stream (a point-in-time dump; writes continue
-//! meanwhile) written to a hidden temporary file while its MD5 and SHA-256 are computed, then
-//! fsynced and renamed. An old manifest in the directory is removed just before the first file
-//! is renamed into place, so the directory never pairs a manifest with files of another run
-//! (and a run that fails before that leaves the previous backup intact); the new manifest is
-//! written last. Any failure stops the run with a non-zero exit.
+//! meanwhile) written into the staging directory (`backup_dir::STAGING_DIR`, short file names
+//! there, so any table name fits) while its MD5 and SHA-256 are computed, then fsynced. Only
+//! when every table is complete is the old manifest removed, each file renamed to its name
+//! (`backup_dir::table_file_name`) and the new manifest written. So a run that fails leaves the
+//! previous backup of the directory intact and no half-written files, and a crash while the
+//! files are moved leaves no manifest: the directory never looks complete when it is not. Any
+//! failure stops the run with a non-zero exit.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,7 +22,8 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
 use super::backup_dir::{
-    Checksums, MANIFEST_FILE, Manifest, ManifestTable, check_table_name, now_rfc3339, sync_dir,
+    Checksums, MANIFEST_FILE, Manifest, ManifestTable, STAGING_DIR, check_table_name, now_rfc3339,
+    sync_dir, table_file_name,
 };
 use super::kv::{Output, client_identity, parse_duration};
 
@@ -109,6 +112,8 @@ pub struct BackupArgs {
 /// What was written for one table.
 struct TableBackup {
     entry: ManifestTable,
+    /// The complete file in the staging directory.
+    staged: PathBuf,
     bytes: u64,
     elapsed: Duration,
 }
@@ -128,9 +133,35 @@ async fn backup(args: &TransferArgs) -> anyhow::Result<()> {
     let client = args.connect().await?;
     let started = now_rfc3339();
     let tables = tables_to_back_up(&client, &args.tables).await?;
+    let staging = Staging::create(dir)?;
+    let written = match back_up_tables(&client, args, &tables, &staging).await {
+        Ok(written) => written,
+        Err(error) => {
+            staging.remove();
+            return Err(error);
+        }
+    };
+    publish(dir, &written)?;
+    let manifest = Manifest {
+        started,
+        finished: now_rfc3339(),
+        tables: written.iter().map(|table| table.entry.clone()).collect(),
+    };
+    manifest.write(dir)?;
+    staging.remove();
+    print_summary(args, &manifest, &written)
+}
+
+/// Streams every table into the staging directory, in name order.
+async fn back_up_tables(
+    client: &Client,
+    args: &TransferArgs,
+    tables: &[String],
+    staging: &Staging,
+) -> anyhow::Result<Vec<TableBackup>> {
     let mut written = Vec::with_capacity(tables.len());
-    for name in &tables {
-        let table = backup_table(&client, args, name, written.is_empty())
+    for (index, name) in tables.iter().enumerate() {
+        let table = backup_table(client, args, name, staging.file(index))
             .await
             .with_context(|| format!("table {name}"))?;
         if !args.json {
@@ -146,13 +177,55 @@ async fn backup(args: &TransferArgs) -> anyhow::Result<()> {
         }
         written.push(table);
     }
-    let manifest = Manifest {
-        started,
-        finished: now_rfc3339(),
-        tables: written.iter().map(|table| table.entry.clone()).collect(),
-    };
-    manifest.write(dir)?;
-    print_summary(args, &manifest, &written)
+    Ok(written)
+}
+
+/// Replaces the directory's previous backup by the staged files: the old manifest goes first
+/// (from then on the directory does not look complete until the new one is written).
+fn publish(dir: &Path, written: &[TableBackup]) -> anyhow::Result<()> {
+    remove_old_manifest(dir)?;
+    for table in written {
+        let target = dir.join(&table.entry.file_name);
+        std::fs::rename(&table.staged, &target).with_context(|| {
+            format!("cannot move the backup of {} into place", target.display())
+        })?;
+    }
+    sync_dir(dir)
+}
+
+/// The staging directory of one run ([`STAGING_DIR`]); its files are named by the table's
+/// position in the run, so their names stay short whatever the table names.
+struct Staging {
+    path: PathBuf,
+}
+
+impl Staging {
+    /// A fresh, empty staging directory: one left by a run that crashed is removed first.
+    fn create(dir: &Path) -> anyhow::Result<Staging> {
+        let path = dir.join(STAGING_DIR);
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(error)
+                    .with_context(|| format!("cannot remove the stale {}", path.display()));
+            }
+        }
+        std::fs::create_dir(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(Staging { path })
+    }
+
+    fn file(&self, index: usize) -> PathBuf {
+        self.path.join(format!("{index}.bak.partial"))
+    }
+
+    /// Removes the staging directory and whatever is left in it. Best effort: a leftover is
+    /// harmless (it is not listed by any manifest) and the next run removes it.
+    fn remove(self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.path) {
+            eprintln!("warning: cannot remove {}: {error}", self.path.display());
+        }
+    }
 }
 
 fn print_summary(
@@ -232,40 +305,32 @@ fn remove_old_manifest(dir: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Streams one table into `<dir>/<table>.bak` (temporary name first, removed on failure).
-/// The `first` table's rename is preceded by removing an old manifest: from then on the
-/// directory no longer holds the previous backup.
+/// Streams one table into `staged` (removed on failure).
 async fn backup_table(
     client: &Client,
     args: &TransferArgs,
     name: &str,
-    first: bool,
+    staged: PathBuf,
 ) -> anyhow::Result<TableBackup> {
-    let file_name = format!("{name}.bak");
-    let temporary = args.dir.join(format!(".{file_name}.partial"));
     let started = Instant::now();
-    let result = write_table_file(client, args, name, &temporary).await;
+    let result = write_table_file(client, args, name, &staged).await;
     let (checksums, bytes, revision) = match result {
         Ok(done) => done,
         Err(error) => {
-            let _ = std::fs::remove_file(&temporary);
+            let _ = std::fs::remove_file(&staged);
             return Err(error);
         }
     };
-    if first {
-        remove_old_manifest(&args.dir)?;
-    }
-    std::fs::rename(&temporary, args.dir.join(&file_name))?;
-    sync_dir(&args.dir)?;
     let (md5, sha256) = checksums.finish();
     Ok(TableBackup {
         entry: ManifestTable {
             name: name.to_string(),
-            file_name,
+            file_name: table_file_name(name),
             md5,
             sha256: Some(sha256),
             revision,
         },
+        staged,
         bytes,
         elapsed: started.elapsed(),
     })

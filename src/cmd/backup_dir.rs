@@ -6,9 +6,15 @@
 //! `revision`. Unknown fields are ignored and the Armada fields may be absent, so manifests
 //! travel both ways between Regatta and Armada.
 //!
-//! Crash safety: every file is written under a temporary name, fsynced, renamed, and the
-//! directory fsynced; the manifest goes last the same way. A directory therefore either has no
-//! manifest or one whose files are complete (their checksums say so too).
+//! File names: a table's file is `<table>.bak` (Regatta's name) whenever that fits in one file
+//! name ([`MAX_FILE_NAME_BYTES`]); a longer table name — valid names reach 255 bytes — gets a
+//! shortened, hashed name ([`table_file_name`]). Readers never derive the name: they read
+//! `file_name` from the manifest, as Regatta does.
+//!
+//! Crash safety: every file is written into a staging directory ([`STAGING_DIR`]) inside the
+//! backup directory, fsynced, and only once every table is complete moved into place; the
+//! manifest goes last (temporary file, fsync, rename, fsync). A directory therefore either has
+//! no manifest or one whose files are complete (their checksums say so too).
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -19,6 +25,37 @@ use serde::{Deserialize, Serialize};
 
 /// Name of the manifest in a backup directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// Where `armada backup` writes the files of a run before they are complete: a hidden
+/// directory inside the backup directory (same file system, so moving a file out is a rename).
+pub const STAGING_DIR: &str = ".armada-backup.partial";
+
+/// Longest file name the backup writes: `NAME_MAX` of Linux file systems (ext4, xfs, btrfs,
+/// tmpfs) and of macOS's APFS.
+pub const MAX_FILE_NAME_BYTES: usize = 255;
+
+/// Extension of a table's dump file.
+const TABLE_FILE_EXTENSION: &str = ".bak";
+
+/// Bytes of the table name kept at the start of a hashed file name, so that an operator still
+/// recognises the table.
+const HASHED_NAME_PREFIX_BYTES: usize = 150;
+
+/// The file name of `table` in a backup directory: `<table>.bak` when it fits in
+/// [`MAX_FILE_NAME_BYTES`] (Regatta's layout), else the first [`HASHED_NAME_PREFIX_BYTES`] of
+/// the name, `~`, the SHA-256 of the whole name in hex and `.bak` (219 bytes). `~` is not
+/// allowed in table names, so a hashed name never equals another table's `<table>.bak`, and
+/// the hash keeps names that share a prefix apart.
+pub fn table_file_name(table: &str) -> String {
+    if table.len() + TABLE_FILE_EXTENSION.len() <= MAX_FILE_NAME_BYTES {
+        return format!("{table}{TABLE_FILE_EXTENSION}");
+    }
+    // Table names are ASCII, so any byte offset is a character boundary; `get` keeps this
+    // total for other input.
+    let prefix = table.get(..HASHED_NAME_PREFIX_BYTES).unwrap_or(table);
+    let digest = hex(&<sha2::Sha256 as sha2::Digest>::digest(table.as_bytes()));
+    format!("{prefix}~{digest}{TABLE_FILE_EXTENSION}")
+}
 
 /// The manifest of a backup directory.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -217,6 +254,33 @@ mod tests {
             "{text}"
         );
         assert_eq!(serde_json::from_str::<Manifest>(&text).unwrap(), ours);
+    }
+
+    #[test]
+    fn table_file_names_fit_and_stay_regattas_when_they_can() {
+        assert_eq!(table_file_name("config"), "config.bak");
+        let longest_plain = "p".repeat(MAX_FILE_NAME_BYTES - TABLE_FILE_EXTENSION.len());
+        assert_eq!(
+            table_file_name(&longest_plain),
+            format!("{longest_plain}.bak")
+        );
+        let mut seen = BTreeSet::new();
+        for length in [longest_plain.len() + 1, 254, 255] {
+            for last in ['a', 'b'] {
+                let name = format!("{}{last}", "n".repeat(length - 1));
+                check_table_name(&name).expect("a valid table name");
+                let file_name = table_file_name(&name);
+                assert!(file_name.len() <= MAX_FILE_NAME_BYTES, "{file_name}");
+                assert!(file_name.starts_with(&name[..HASHED_NAME_PREFIX_BYTES]));
+                assert!(file_name.contains('~') && file_name.ends_with(".bak"));
+                assert!(table_file(Path::new("/backup"), &file_name).is_ok());
+                assert!(seen.insert(file_name), "two names share a file");
+            }
+        }
+        assert_eq!(
+            table_file_name(&"x".repeat(255)),
+            table_file_name(&"x".repeat(255))
+        );
     }
 
     #[test]

@@ -205,6 +205,10 @@ async fn run_topology(base: ServerConfig, nodes: u64, follower_nodes: u64) -> an
     if failure.is_none() && leaders.len() == nodes as usize && follower_nodes > 0 {
         let mut follower_base = base.clone();
         follower_base.role = NodeRole::Follower;
+        // The default cluster name was derived for the leader role the config was resolved in.
+        if follower_base.cluster.name == "leader" {
+            follower_base.cluster.name = "follower".into();
+        }
         follower_base.replication.leader_address = leaders
             .values()
             .map(|bound| bound.replication.clone())

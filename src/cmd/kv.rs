@@ -1,10 +1,14 @@
 //! `armada kv get|put|del|txn`: etcdctl-style reads and writes.
 //!
-//! Also home of what every client subcommand shares (`table`, `status`, `members`, `bench`):
-//! [`ClientArgs`] (address, token, CA, deadline, `--json`) and the JSON rendering of keys and
-//! values ([`json`]). Output goes to stdout: raw bytes in the human form (like etcdctl: `key`
-//! line, `value` line), one JSON document with `--json`. Errors go to stderr through `main`
-//! with their gRPC code, and the exit status is non-zero.
+//! Also home of what every client subcommand shares (`table`, `status`, `members`, `reset`):
+//! [`ClientArgs`] (addresses, token, CA, deadlines, `--json`) and the JSON rendering of keys
+//! and values ([`json`]). Output goes to stdout: raw bytes in the human form (like etcdctl:
+//! `key` line, `value` line), one JSON document with `--json`. Errors go to stderr through
+//! `main` with their gRPC code, and the exit code says their class (`super::exit`).
+//!
+//! Every call goes through [`ClientArgs::with_failover`]: `--address` may list several
+//! servers, and one that cannot be reached or answers `Unavailable` gives way to the next.
+//! A call is a closure over a fresh [`Client`] so that it can be repeated on the next address.
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -13,7 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use armada_client::key_range::{RangeSelector, key_and_range_end};
 use armada_client::txn_script::parse_txn_script;
-use armada_client::{Bytes, Client, ClientIdentity, ConnectOptions};
+use armada_client::{Bytes, Client, ClientError, ClientIdentity, ConnectOptions};
 use armada_proto::mvcc::v1::{KeyValue, ResponseOp, response_op::Response};
 use armada_proto::regatta::v1::{
     DeleteRangeRequest, DeleteRangeResponse, PutResponse, RangeRequest, RangeResponse, TxnRequest,
@@ -22,11 +26,14 @@ use armada_proto::regatta::v1::{
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+use super::exit::{InvalidInput, UsageError};
+
 /// Connection and output flags of every client subcommand.
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
     /// Server address: http://host:port, host:port, https://host:port, unix:///path or
-    /// unixs:///path.
+    /// unixs:///path. Several, comma separated: each is tried in turn while the previous one
+    /// cannot be reached or answers Unavailable.
     #[arg(
         long,
         global = true,
@@ -63,6 +70,9 @@ pub struct ClientArgs {
     /// Deadline of each call, e.g. 500ms, 10s, 1m.
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// How long dialing one address may take before the next is tried.
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
     /// Print one JSON document instead of human output.
     #[arg(long, global = true)]
     pub json: bool,
@@ -77,14 +87,55 @@ impl ClientArgs {
             server_name: self.server_name.clone(),
             token: self.token.clone(),
             timeout: Some(self.timeout),
-            connect_timeout: Some(self.timeout.min(armada_client::DEFAULT_CONNECT_TIMEOUT)),
+            connect_timeout: Some(self.connect_timeout),
         }
     }
 
-    /// Dials the server.
-    pub async fn connect(&self) -> anyhow::Result<Client> {
-        Ok(Client::connect_with(&self.address, &self.connect_options()).await?)
+    /// The addresses of `--address`, in the order they are tried.
+    pub fn addresses(&self) -> Vec<&str> {
+        self.address
+            .split(',')
+            .map(str::trim)
+            .filter(|address| !address.is_empty())
+            .collect()
     }
+
+    /// Runs `call` on the first server that serves it: an address that cannot be reached, or
+    /// whose server answers `Unavailable` (no leader, shutting down), gives way to the next.
+    /// Any other answer, success or error, is final.
+    pub async fn with_failover<T, Call, Calling>(&self, mut call: Call) -> anyhow::Result<T>
+    where
+        Call: FnMut(Client) -> Calling,
+        Calling: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let addresses = self.addresses();
+        let options = self.connect_options();
+        let mut failures = Vec::new();
+        for address in &addresses {
+            let result = match Client::connect_with(address, &options).await {
+                Ok(client) => call(client).await,
+                Err(error) => Err(error),
+            };
+            match result {
+                Ok(value) => return Ok(value),
+                Err(error) if fails_over(&error) => failures.push(error),
+                Err(error) => return Err(error.into()),
+            }
+        }
+        match failures.pop() {
+            None => Err(UsageError("--address names no server".into()).into()),
+            Some(last) if addresses.len() == 1 => Err(last.into()),
+            Some(last) => Err(anyhow::Error::new(last).context(format!(
+                "no server answered (tried {})",
+                addresses.join(", ")
+            ))),
+        }
+    }
+}
+
+/// Whether another address may serve what this one could not.
+fn fails_over(error: &ClientError) -> bool {
+    matches!(error, ClientError::Connect { .. }) || error.code() == Some(tonic::Code::Unavailable)
 }
 
 /// The client certificate of `--cert`/`--key` (clap makes them come together).
@@ -175,7 +226,10 @@ impl RangeFlags {
             RangeSelector::Single
         };
         if key.is_empty() && selector == RangeSelector::Single {
-            anyhow::bail!("the key is empty (use --prefix or --from-key with \"\" for every key)");
+            return Err(UsageError(
+                "the key is empty (use --prefix or --from-key with \"\" for every key)".into(),
+            )
+            .into());
         }
         Ok(key_and_range_end(
             Bytes::copy_from_slice(key.as_bytes()),
@@ -196,6 +250,9 @@ pub struct GetArgs {
     /// Print keys only.
     #[arg(long, conflicts_with = "count_only")]
     pub keys_only: bool,
+    /// Print each value only (one per line), no keys.
+    #[arg(long, conflicts_with_all = ["keys_only", "count_only", "json"])]
+    pub print_value_only: bool,
     /// Print the number of keys only.
     #[arg(long)]
     pub count_only: bool,
@@ -211,7 +268,9 @@ pub struct GetArgs {
 pub struct PutArgs {
     pub table: String,
     pub key: String,
-    pub value: String,
+    /// The value; omitted, it is read from stdin as is (binary values too), up to the 2 MiB
+    /// value limit.
+    pub value: Option<String>,
     /// Also print the previous key-value.
     #[arg(long)]
     pub prev_kv: bool,
@@ -235,22 +294,20 @@ pub struct TxnArgs {
 
 pub async fn run(args: KvArgs) -> anyhow::Result<()> {
     let output = Output::new(args.client.json);
-    // Read and check a transaction before dialing: a typo is reported as such.
-    let txn = match &args.command {
-        KvCommand::Txn(txn) => Some(read_txn(txn)?),
-        _ => None,
-    };
-    let client = args.client.connect().await?;
-    match (args.command, txn) {
-        (KvCommand::Get(get), _) => run_get(&client, get, output).await,
-        (KvCommand::Put(put), _) => run_put(&client, put, output).await,
-        (KvCommand::Del(del), _) => run_del(&client, del, output).await,
-        (KvCommand::Txn(_), Some(request)) => run_txn(&client, request, output).await,
-        (KvCommand::Txn(_), None) => unreachable!("the transaction is read above"),
+    let client = &args.client;
+    match args.command {
+        KvCommand::Get(get) => run_get(client, get, output).await,
+        KvCommand::Put(put) => run_put(client, put, output).await,
+        KvCommand::Del(del) => run_del(client, del, output).await,
+        KvCommand::Txn(txn) => {
+            // Read and check a transaction before dialing: a typo is reported as such.
+            let request = read_txn(&txn)?;
+            run_txn(client, request, output).await
+        }
     }
 }
 
-async fn run_get(client: &Client, args: GetArgs, output: Output) -> anyhow::Result<()> {
+async fn run_get(client: &ClientArgs, args: GetArgs, output: Output) -> anyhow::Result<()> {
     let (key, range_end) = args.range.key_and_range_end(&args.key)?;
     let request = RangeRequest {
         table: Bytes::from(args.table),
@@ -263,12 +320,22 @@ async fn run_get(client: &Client, args: GetArgs, output: Output) -> anyhow::Resu
         revision: args.rev,
         ..RangeRequest::default()
     };
-    let response = client.range(request).await.context("get")?;
+    let response = client
+        .with_failover(|client| {
+            let request = request.clone();
+            async move { client.range(request).await }
+        })
+        .await
+        .context("get")?;
     if output.json {
         return output.print_json(&json::range(&response));
     }
     let mut text = Vec::new();
-    write_range(&mut text, &response, args.count_only, args.keys_only);
+    if args.print_value_only {
+        write_values(&mut text, &response);
+    } else {
+        write_range(&mut text, &response, args.count_only, args.keys_only);
+    }
     output.print_bytes(&text)?;
     if response.more && args.limit == 0 {
         eprintln!("(more keys follow: the response reached its size cap; narrow the range)");
@@ -276,9 +343,37 @@ async fn run_get(client: &Client, args: GetArgs, output: Output) -> anyhow::Resu
     Ok(())
 }
 
-async fn run_put(client: &Client, args: PutArgs, output: Output) -> anyhow::Result<()> {
+/// The value of `put`: the argument, else stdin read up to the value limit.
+fn put_value(value: Option<String>) -> anyhow::Result<Bytes> {
+    const LIMIT: usize = armada_server::api::validate::MAX_VALUE_BYTES;
+    if let Some(value) = value {
+        return Ok(Bytes::from(value));
+    }
+    if std::io::stdin().is_terminal() {
+        eprintln!("Type the value; end with Ctrl-D.");
+    }
+    let mut value = Vec::new();
+    std::io::stdin()
+        .take(LIMIT as u64 + 1)
+        .read_to_end(&mut value)
+        .context("cannot read the value from stdin")?;
+    if value.len() > LIMIT {
+        return Err(InvalidInput(format!(
+            "value: stdin holds more than the value limit of {LIMIT} bytes (2 MiB)"
+        ))
+        .into());
+    }
+    Ok(Bytes::from(value))
+}
+
+async fn run_put(client: &ClientArgs, args: PutArgs, output: Output) -> anyhow::Result<()> {
+    let value = put_value(args.value)?;
+    let (table, key) = (Bytes::from(args.table), Bytes::from(args.key));
     let response = client
-        .put(args.table, args.key, args.value, args.prev_kv)
+        .with_failover(|client| {
+            let (table, key, value) = (table.clone(), key.clone(), value.clone());
+            async move { client.put(table, key, value, args.prev_kv).await }
+        })
         .await
         .context("put")?;
     if output.json {
@@ -292,7 +387,7 @@ async fn run_put(client: &Client, args: PutArgs, output: Output) -> anyhow::Resu
     output.print_bytes(&text)
 }
 
-async fn run_del(client: &Client, args: DelArgs, output: Output) -> anyhow::Result<()> {
+async fn run_del(client: &ClientArgs, args: DelArgs, output: Output) -> anyhow::Result<()> {
     let (key, range_end) = args.range.key_and_range_end(&args.key)?;
     let request = DeleteRangeRequest {
         table: Bytes::from(args.table),
@@ -301,7 +396,13 @@ async fn run_del(client: &Client, args: DelArgs, output: Output) -> anyhow::Resu
         prev_kv: args.prev_kv,
         count: true,
     };
-    let response = client.delete_range(request).await.context("del")?;
+    let response = client
+        .with_failover(|client| {
+            let request = request.clone();
+            async move { client.delete_range(request).await }
+        })
+        .await
+        .context("del")?;
     if output.json {
         return output.print_json(&json::delete_range(&response));
     }
@@ -322,7 +423,7 @@ fn read_txn(args: &TxnArgs) -> anyhow::Result<TxnRequest> {
     std::io::stdin()
         .read_to_string(&mut script)
         .context("cannot read the transaction from stdin")?;
-    let script = parse_txn_script(&script)?;
+    let script = parse_txn_script(&script).map_err(|error| UsageError(error.to_string()))?;
     Ok(TxnRequest {
         table: Bytes::copy_from_slice(args.table.as_bytes()),
         compare: script.compare,
@@ -331,8 +432,14 @@ fn read_txn(args: &TxnArgs) -> anyhow::Result<TxnRequest> {
     })
 }
 
-async fn run_txn(client: &Client, request: TxnRequest, output: Output) -> anyhow::Result<()> {
-    let response = client.txn(request).await.context("txn")?;
+async fn run_txn(client: &ClientArgs, request: TxnRequest, output: Output) -> anyhow::Result<()> {
+    let response = client
+        .with_failover(|client| {
+            let request = request.clone();
+            async move { client.txn(request).await }
+        })
+        .await
+        .context("txn")?;
     if output.json {
         return output.print_json(&json::txn(&response));
     }
@@ -349,6 +456,14 @@ fn write_range(out: &mut Vec<u8>, response: &RangeResponse, count_only: bool, ke
     }
     for kv in &response.kvs {
         write_key_value(out, kv, keys_only);
+    }
+}
+
+/// `--print-value-only`: each value on its own line.
+fn write_values(out: &mut Vec<u8>, response: &RangeResponse) {
+    for kv in &response.kvs {
+        out.extend_from_slice(&kv.value);
+        out.push(b'\n');
     }
 }
 
@@ -432,23 +547,23 @@ impl Output {
     }
 }
 
-/// JSON forms of the KV responses. Bytes are a readable string under their own name when they
-/// are UTF-8, else base64 under `NAME_base64`; revisions are numbers.
+/// JSON forms of the KV responses. Every byte string `NAME` (key, value) is two fields, always
+/// both present: `NAME` is its text when it is UTF-8 and `null` otherwise, `NAME_base64` its
+/// exact bytes in standard base64. Revisions are numbers.
 pub mod json {
     use super::*;
     use armada_proto::regatta::v1::ResponseHeader;
     use base64::Engine as _;
     use serde_json::Map;
 
-    /// Inserts `bytes` as `name` (UTF-8) or `name_base64` (anything else).
+    /// Inserts `bytes` as `name` (UTF-8 text or null) and `name_base64`.
     pub fn insert_bytes(object: &mut Map<String, Value>, name: &str, bytes: &[u8]) {
-        match std::str::from_utf8(bytes) {
-            Ok(text) => object.insert(name.to_owned(), Value::from(text)),
-            Err(_) => object.insert(
-                format!("{name}_base64"),
-                Value::from(base64::engine::general_purpose::STANDARD.encode(bytes)),
-            ),
-        };
+        let text = std::str::from_utf8(bytes).map_or(Value::Null, Value::from);
+        object.insert(name.to_owned(), text);
+        object.insert(
+            format!("{name}_base64"),
+            Value::from(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        );
     }
 
     pub fn header(header: &Option<ResponseHeader>) -> Value {
@@ -589,6 +704,23 @@ mod tests {
     }
 
     #[test]
+    fn addresses_are_a_comma_separated_list() {
+        let args = parse(&["get", "t", "k", "--address", "a:1, b:2,,c:3"]).unwrap();
+        assert_eq!(args.client.addresses(), ["a:1", "b:2", "c:3"]);
+        assert!(fails_over(&ClientError::Connect {
+            address: "a:1".into(),
+            detail: "refused".into()
+        }));
+        assert!(fails_over(&ClientError::from(tonic::Status::unavailable(
+            "no leader"
+        ))));
+        assert!(!fails_over(&ClientError::from(tonic::Status::not_found(
+            "t"
+        ))));
+        assert!(parse(&["get", "t", "k", "--print-value-only", "--keys-only"]).is_err());
+    }
+
+    #[test]
     fn range_flags_conflict() {
         assert!(parse(&["get", "t", "a", "--prefix", "--from-key"]).is_err());
         assert!(parse(&["get", "t", "a", "--prefix", "--range-end", "z"]).is_err());
@@ -644,8 +776,9 @@ mod tests {
     fn json_bytes_are_readable_or_base64() {
         let value = json::key_value(&kv(b"k", b"\xff\x00"));
         assert_eq!(value["key"], "k");
+        assert_eq!(value["key_base64"], "aw==");
         assert_eq!(value["value_base64"], "/wA=");
-        assert!(value.get("value").is_none());
+        assert_eq!(value["value"], Value::Null);
         assert_eq!(value["mod_revision"], 3);
     }
 }

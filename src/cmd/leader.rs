@@ -24,7 +24,7 @@ pub struct ServerFlags {
     /// Root of everything the node persists [default: armada-data]
     #[arg(long = "data-dir")]
     pub data_dir: Option<String>,
-    /// Log level: error, warn, info, debug, trace [default: info]
+    /// Log level: error, warn, info, debug, trace (any case) [default: info]
     #[arg(long = "log-level")]
     pub log_level: Option<String>,
     /// Log format: text or json [default: text]
@@ -33,7 +33,8 @@ pub struct ServerFlags {
     /// Client gRPC address (URL) [default: http://0.0.0.0:8443]
     #[arg(long = "api.address")]
     pub api_address: Option<String>,
-    /// Address advertised to clients in MemberList [default: http://127.0.0.1:8443]
+    /// Client URL advertised in MemberList [default: the api.address, 127.0.0.1 for a wildcard
+    /// host]
     #[arg(long = "api.advertise-address")]
     pub api_advertise_address: Option<String>,
     /// API TLS (https://, unixs://): server certificate chain (PEM), re-read when it changes
@@ -150,6 +151,9 @@ pub struct ServerFlags {
     /// Bearer token for the Maintenance API (empty = no check)
     #[arg(long = "maintenance.token")]
     pub maintenance_token: Option<String>,
+    /// Name of this node's cluster in MemberList and Status [default: leader, or follower]
+    #[arg(long = "cluster.name")]
+    pub cluster_name: Option<String>,
 }
 
 impl ServerFlags {
@@ -213,6 +217,7 @@ impl ServerFlags {
             ("tables.names", &self.tables_names),
             ("tables.token", &self.tables_token),
             ("maintenance.token", &self.maintenance_token),
+            ("cluster.name", &self.cluster_name),
         ];
         debug_assert_eq!(pairs.len(), config::KEYS.len());
         pairs
@@ -236,7 +241,7 @@ pub fn resolve(
         },
         base,
     )
-    .map_err(anyhow::Error::msg)
+    .map_err(|message| anyhow::Error::new(super::exit::UsageError(message)))
 }
 
 /// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).
@@ -262,12 +267,25 @@ pub async fn run_follower(args: LeaderArgs) -> anyhow::Result<()> {
         ..ServerConfig::default()
     };
     let config = resolve(args.config, &args.server, base)?;
-    armada_server::telemetry::init_logging(&config.log_level, &config.log_format);
+    start_logging(&config);
     armada_server::server::run(config, termination(), |_| {}).await
 }
 
 pub async fn run(args: LeaderArgs) -> anyhow::Result<()> {
     let config = resolve(args.config, &args.server, ServerConfig::default())?;
-    armada_server::telemetry::init_logging(&config.log_level, &config.log_format);
+    start_logging(&config);
     armada_server::server::run(config, termination(), |_| {}).await
+}
+
+/// Sets up logging, then logs what configuration resolution found before logs existed: the
+/// config file read and settings that are valid but probably unintended.
+pub fn start_logging(config: &ServerConfig) {
+    armada_server::telemetry::init_logging(&config.log_level, &config.log_format);
+    match &config.config_file {
+        Some(file) => tracing::info!(config_file = %file.display(), "configuration file loaded"),
+        None => tracing::info!("no configuration file: flags, environment and defaults only"),
+    }
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
 }

@@ -28,8 +28,12 @@ pub struct MembersArgs {
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let output = Output::new(args.client.json);
-    let client = args.client.connect().await?;
-    let status = client.status(args.config).await.context("status")?;
+    let config = args.config;
+    let status = args
+        .client
+        .with_failover(|client| async move { client.status(config).await })
+        .await
+        .context("status")?;
     if output.json {
         return output.print_json(&status_json(&status));
     }
@@ -39,8 +43,11 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
 
 pub async fn run_members(args: MembersArgs) -> anyhow::Result<()> {
     let output = Output::new(args.client.json);
-    let client = args.client.connect().await?;
-    let members = client.member_list().await.context("members")?;
+    let members = args
+        .client
+        .with_failover(|client| async move { client.member_list().await })
+        .await
+        .context("members")?;
     if output.json {
         return output.print_json(&members_json(&members));
     }
@@ -54,19 +61,55 @@ fn sorted_tables(status: &StatusResponse) -> Vec<(&String, &TableStatus)> {
     tables
 }
 
+/// Table names up to this many characters are shown in the grid; a longer one switches the
+/// output to one block per table, which stays readable at any name length.
+const MAX_GRID_NAME_CHARS: usize = 32;
+
+/// Hex digits of the content hash shown in the grid (enough to compare replicas by eye; the
+/// block layout and `--json` show all of it).
+const GRID_HASH_CHARS: usize = 12;
+
 fn status_text(status: &StatusResponse) -> String {
     let mut text = format!("node {}  version {}\n", status.id, status.version);
     if !status.info.is_empty() {
         text.push_str(&format!("{}\n", status.info));
     }
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header([
+    let tables = sorted_tables(status);
+    if tables
+        .iter()
+        .any(|(name, _)| name.chars().count() > MAX_GRID_NAME_CHARS)
+    {
+        text.push_str(&table_blocks(&tables));
+    } else {
+        text.push_str(&table_grid(&tables));
+    }
+    for error in &status.errors {
+        text.push_str(&format!("error: {error}\n"));
+    }
+    if let Some(config) = &status.config {
+        text.push_str("configuration:\n");
+        for (key, value) in &config.fields {
+            text.push_str(&format!("  {key} = {}\n", struct_value(value)));
+        }
+    }
+    text
+}
+
+/// One row per table, and a second grid of replication progress on follower nodes.
+fn table_grid(tables: &[(&String, &TableStatus)]) -> String {
+    let mut grid = Table::new();
+    grid.load_preset(UTF8_FULL_CONDENSED).set_header([
         "table", "shard", "leader", "term", "index", "applied", "revision", "log size", "db size",
         "hash",
     ]);
-    for (name, table_status) in sorted_tables(status) {
-        table.add_row([
-            name.clone(),
+    for (name, table_status) in tables {
+        let hash: String = table_status
+            .content_hash
+            .chars()
+            .take(GRID_HASH_CHARS)
+            .collect();
+        grid.add_row([
+            (*name).clone(),
             table_status.shard_id.to_string(),
             table_status.leader.clone(),
             table_status.raft_term.to_string(),
@@ -75,13 +118,12 @@ fn status_text(status: &StatusResponse) -> String {
             table_status.revision.to_string(),
             byte_size(table_status.log_size),
             byte_size(table_status.db_size),
-            table_status.content_hash.clone(),
+            hash,
         ]);
     }
-    text.push_str(&format!("{table}\n"));
-    // Follower clusters: replication progress per table.
-    let replicated: Vec<_> = sorted_tables(status)
-        .into_iter()
+    let mut text = format!("{grid}\n");
+    let replicated: Vec<_> = tables
+        .iter()
         .filter(|(_, table)| is_replica(table))
         .collect();
     if !replicated.is_empty() {
@@ -96,7 +138,7 @@ fn status_text(status: &StatusResponse) -> String {
         ]);
         for (name, table_status) in replicated {
             lag.add_row([
-                name.clone(),
+                (*name).clone(),
                 table_status.replication_leader_index.to_string(),
                 table_status.replication_applied_index.to_string(),
                 table_status.replication_lag_entries.to_string(),
@@ -106,13 +148,38 @@ fn status_text(status: &StatusResponse) -> String {
         }
         text.push_str(&format!("replication from the leader cluster:\n{lag}\n"));
     }
-    for error in &status.errors {
-        text.push_str(&format!("error: {error}\n"));
-    }
-    if let Some(config) = &status.config {
-        text.push_str("configuration:\n");
-        for (key, value) in &config.fields {
-            text.push_str(&format!("  {key} = {}\n", struct_value(value)));
+    text
+}
+
+/// One block per table: the name on a line of its own, then short `field value` lines.
+fn table_blocks(tables: &[(&String, &TableStatus)]) -> String {
+    let mut text = String::new();
+    for (name, table) in tables {
+        text.push_str(&format!("table {name}\n"));
+        text.push_str(&format!(
+            "  shard {}  leader {}  term {}  index {}  applied {}  revision {}\n",
+            table.shard_id,
+            table.leader,
+            table.raft_term,
+            table.raft_index,
+            table.raft_applied_index,
+            table.revision
+        ));
+        text.push_str(&format!(
+            "  log size {}  db size {}\n  hash {}\n",
+            byte_size(table.log_size),
+            byte_size(table.db_size),
+            table.content_hash
+        ));
+        if is_replica(table) {
+            text.push_str(&format!(
+                "  replication: leader index {}  applied leader index {}  lag {} entries, {:.3} s  snapshot recoveries {}\n",
+                table.replication_leader_index,
+                table.replication_applied_index,
+                table.replication_lag_entries,
+                table.replication_lag_seconds,
+                table.replication_snapshot_recoveries
+            ));
         }
     }
     text
@@ -245,6 +312,29 @@ mod tests {
         assert_eq!(byte_size(1023), "1023 B");
         assert_eq!(byte_size(1536), "1.5 KiB");
         assert_eq!(byte_size(5 * 1024 * 1024), "5.0 MiB");
+    }
+
+    #[test]
+    fn long_table_names_switch_to_one_block_per_table() {
+        let long = "a".repeat(255);
+        let mut status = StatusResponse::default();
+        let table = TableStatus {
+            content_hash: "f".repeat(64),
+            ..TableStatus::default()
+        };
+        status.tables.insert(long.clone(), table.clone());
+        status.tables.insert("short".into(), table);
+        let text = status_text(&status);
+        assert!(text.contains(&format!("table {long}\n")), "{text}");
+        for line in text.lines().filter(|line| !line.contains(&long)) {
+            assert!(line.chars().count() <= 100, "{line}");
+        }
+        assert!(text.contains(&"f".repeat(64)), "{text}");
+        // Short names keep the grid, with the hash shortened.
+        status.tables.remove(&long);
+        let text = status_text(&status);
+        assert!(text.contains("│ short"), "{text}");
+        assert!(!text.contains(&"f".repeat(13)), "{text}");
     }
 
     #[test]

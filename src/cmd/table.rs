@@ -30,11 +30,14 @@ pub enum TableCommand {
 
 pub async fn run(args: TableArgs) -> anyhow::Result<()> {
     let output = Output::new(args.client.json);
-    let client = args.client.connect().await?;
+    let client = &args.client;
     match args.command {
         TableCommand::Create { name } => {
             let response = client
-                .create_table(name.clone())
+                .with_failover(|client| {
+                    let name = name.clone();
+                    async move { client.create_table(name).await }
+                })
                 .await
                 .with_context(|| format!("create table {name:?}"))?;
             if output.json {
@@ -43,7 +46,11 @@ pub async fn run(args: TableArgs) -> anyhow::Result<()> {
             println!("created table {name} (id {})", response.id);
         }
         TableCommand::List => {
-            let mut tables = client.list_tables().await.context("list tables")?.tables;
+            let mut tables = client
+                .with_failover(|client| async move { client.list_tables().await })
+                .await
+                .context("list tables")?
+                .tables;
             tables.sort_by(|left, right| left.name.cmp(&right.name));
             if output.json {
                 let tables: Vec<_> = tables
@@ -58,7 +65,10 @@ pub async fn run(args: TableArgs) -> anyhow::Result<()> {
         }
         TableCommand::Delete { name } => {
             client
-                .delete_table(name.clone())
+                .with_failover(|client| {
+                    let name = name.clone();
+                    async move { client.delete_table(name).await }
+                })
                 .await
                 .with_context(|| format!("delete table {name:?}"))?;
             if output.json {

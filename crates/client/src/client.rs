@@ -6,7 +6,9 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use armada_proto::maintenance::v1::maintenance_client::MaintenanceClient;
-use armada_proto::maintenance::v1::{BackupRequest, RestoreInfo, RestoreMessage, restore_message};
+use armada_proto::maintenance::v1::{
+    BackupRequest, ResetRequest, RestoreInfo, RestoreMessage, restore_message,
+};
 use armada_proto::regatta::v1::{
     CreateTableRequest, CreateTableResponse, DeleteTableRequest, DeleteTableResponse,
     ListTablesRequest, ListTablesResponse,
@@ -573,6 +575,18 @@ impl Client {
             futures::future::Either::Right((Err(_), call)) => call.await?,
         };
         Ok(revision_header(response.metadata()))
+    }
+
+    /// `Maintenance.Reset` (follower clusters): wipes the replica of `table`, or of every
+    /// table when `table` is `None`, and returns once it has been bootstrapped again from the
+    /// leader cluster.
+    pub async fn reset(&self, table: Option<&str>) -> Result<(), ClientError> {
+        let request = ResetRequest {
+            table: Bytes::copy_from_slice(table.unwrap_or_default().as_bytes()),
+            reset_all: table.is_none(),
+        };
+        self.maintenance().reset(request).await?;
+        Ok(())
     }
 
     /// The cluster's members.

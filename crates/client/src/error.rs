@@ -56,8 +56,19 @@ impl ClientError {
     }
 }
 
+/// What tonic's `TimeoutExpired` says: the client's own deadline passed before an answer came.
+const CLIENT_TIMEOUT_MESSAGE: &str = "Timeout expired";
+
 impl From<tonic::Status> for ClientError {
     fn from(status: tonic::Status) -> Self {
+        // tonic reports its client-side deadline as `Cancelled`; to the caller (and to the
+        // server, which got the same deadline) it is a deadline that passed.
+        if status.code() == tonic::Code::Cancelled && status.message() == CLIENT_TIMEOUT_MESSAGE {
+            return ClientError::Status {
+                code: tonic::Code::DeadlineExceeded,
+                message: "the deadline passed before the server answered".to_owned(),
+            };
+        }
         let mut message = status.message().to_owned();
         // Transport failures come as `Unavailable` with a terse message; the cause is in the
         // source chain.
@@ -102,5 +113,9 @@ mod tests {
         assert_eq!(error.to_string(), "NotFound: table t not found");
         assert!(!error.is_transient());
         assert!(ClientError::from(tonic::Status::unavailable("no leader")).is_transient());
+        let timeout = ClientError::from(tonic::Status::cancelled("Timeout expired"));
+        assert_eq!(timeout.code(), Some(tonic::Code::DeadlineExceeded));
+        let cancelled = ClientError::from(tonic::Status::cancelled("by the peer"));
+        assert_eq!(cancelled.code(), Some(tonic::Code::Cancelled));
     }
 }

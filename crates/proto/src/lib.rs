@@ -1,7 +1,15 @@
 //! Generated code for Armada's wire contract. Nothing here is written by hand but these
-//! re-exports: the `.proto` files under `proto/` are the source of truth.
+//! re-exports and the services' codec ([`codec`]): the `.proto` files under `proto/` are the
+//! source of truth.
 
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+pub mod codec;
+
+/// Encoded `FileDescriptorSet` of the services the API port serves (and every message they
+/// use), for gRPC server reflection; written by `build.rs`.
+pub const API_FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/api_descriptor_set.bin"));
 
 pub mod mvcc {
     pub mod v1 {

@@ -2,8 +2,22 @@
 //!
 //! Every option has one dotted key (`api.address`, `raft.node-id`, …). The same key is a flag
 //! (`--api.address`), a nested key in `config.{yaml,yml,toml,json}`, and an environment
-//! variable (upper-cased, `.` and `-` as `_`: `API_ADDRESS`). Unknown keys in a file and
-//! values of the wrong type fail start-up with a message naming the key and where it came from.
+//! variable (upper-cased, `.` and `-` as `_`: `API_ADDRESS`).
+//!
+//! Every refusal names the key and where its value came from, whether figment found it while
+//! parsing (unknown keys, wrong types) or [`ServerConfig::check`] found it afterwards (ranges,
+//! combinations, addresses, names): `check` returns a [`Problem`] against one key and [`load`]
+//! asks figment which provider gave that key (`flag --raft.rtt`, `environment variable
+//! RAFT_RTT`, `YAML file /etc/armada/config.yaml`, or the default). All of this happens before
+//! the node touches its data directory, so a refused configuration leaves nothing behind.
+//!
+//! A config file is either given (`--config`) or the only `config.*` of the first search
+//! directory that has one; two there are an error, as is a key given twice in a YAML or JSON
+//! file (figment's readers would keep one silently; [`UniqueKeys`] checks the text first).
+//!
+//! Some defaults depend on other keys and are filled in after layering
+//! ([`ServerConfig::fill_derived_defaults`]): the advertised client URL follows `api.address`,
+//! the cluster name follows the role.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,7 +46,30 @@ pub struct ServerConfig {
     pub replication: ReplicationConfig,
     pub tables: TablesConfig,
     pub maintenance: MaintenanceConfig,
+    pub cluster: ClusterConfig,
+    /// The config file the values were read from, if any (for the start-up log).
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
+    /// Settings that are valid but probably not what the operator wants, logged at start-up
+    /// (configuration is resolved before logging is set up).
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
+
+/// The cluster this node belongs to, as `MemberList` and `Status` name it.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Empty: `leader` on a leader-cluster node, `follower` on a follower-cluster node.
+    pub name: String,
+}
+
+/// Longest `cluster.name`: it is shown in tables and sent in every `MemberList` answer.
+pub const MAX_CLUSTER_NAME_BYTES: usize = 255;
+
+/// The values of `log-level` (any case, as Regatta's `INFO`); anything else would be read by
+/// the log filter as the name of a module and silence every log line.
+pub const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
@@ -52,6 +89,22 @@ pub struct ApiConfig {
     pub allowed_cn: String,
     /// A verified client certificate must be valid for this host name or IP.
     pub allowed_hostname: String,
+}
+
+impl ApiConfig {
+    /// The advertised client URL once the API listens on `bound_url`: an advertised port 0
+    /// (the listener's port chosen by the OS) becomes the port actually bound.
+    pub fn advertise_address_bound(&self, bound_url: &str) -> String {
+        let base = self.advertise_address.strip_suffix(":0");
+        let port = bound_url
+            .rsplit_once(':')
+            .map(|(_, port)| port)
+            .filter(|port| port.parse::<u16>().is_ok());
+        match (base, port) {
+            (Some(base), Some(port)) => format!("{base}:{port}"),
+            _ => self.advertise_address.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -129,7 +182,8 @@ pub struct ReplicationConfig {
 #[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct TablesConfig {
-    /// Comma-separated tables created at start-up if missing.
+    /// Comma-separated tables created at start-up if missing (a list in a config file).
+    #[serde(deserialize_with = "names_or_list")]
     pub names: String,
     pub token: String,
 }
@@ -153,6 +207,9 @@ impl Default for ServerConfig {
             replication: ReplicationConfig::default(),
             tables: TablesConfig::default(),
             maintenance: MaintenanceConfig::default(),
+            cluster: ClusterConfig::default(),
+            config_file: None,
+            warnings: Vec::new(),
         }
     }
 }
@@ -161,7 +218,8 @@ impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             address: "http://0.0.0.0:8443".into(),
-            advertise_address: "http://127.0.0.1:8443".into(),
+            // Empty: derived from `address` (see `ServerConfig::fill_derived_defaults`).
+            advertise_address: String::new(),
             cert_filename: String::new(),
             key_filename: String::new(),
             ca_filename: String::new(),
@@ -218,6 +276,106 @@ impl Default for ReplicationConfig {
     }
 }
 
+/// A value that parsed but cannot be used: the key an operator has to change and why.
+/// [`load`] adds where the key's value came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub reason: String,
+}
+
+fn problem(key: impl Into<String>, reason: impl std::fmt::Display) -> Problem {
+    Problem {
+        key: key.into(),
+        reason: reason.to_string(),
+    }
+}
+
+impl Problem {
+    /// The message, naming the key and `source`, in the form figment's own errors have.
+    pub fn describe(&self, source: &str) -> String {
+        format!(
+            "invalid configuration key `{}` in {source}: {}",
+            self.key, self.reason
+        )
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            formatter,
+            "invalid configuration key `{}`: {}",
+            self.key, self.reason
+        )
+    }
+}
+
+impl std::error::Error for Problem {}
+
+/// `host:port` with a numeric port (an IPv6 host in brackets), as the cluster transport dials.
+fn check_host_port(key: &str, address: &str) -> Result<(), Problem> {
+    if address.is_empty() {
+        return Err(problem(key, "must be set (host:port)"));
+    }
+    let valid = address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !valid {
+        return Err(problem(
+            key,
+            format!("`{address}` is not host:port (e.g. 10.0.0.1:5012)"),
+        ));
+    }
+    Ok(())
+}
+
+/// `tables.names` as a comma-separated string (flag, environment) or a list (config file).
+fn names_or_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Names {
+        Text(String),
+        List(Vec<String>),
+    }
+    Ok(match Names::deserialize(deserializer)? {
+        Names::Text(text) => text,
+        Names::List(names) => names.join(","),
+    })
+}
+
+impl TablesConfig {
+    /// The tables to create at start-up, in the order given.
+    pub fn names(&self) -> Vec<String> {
+        self.names
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// The client URL of a node listening on `api_address`, and a warning when that is a
+/// wildcard address, which no client can dial.
+fn advertise_address_of(api_address: &str) -> (String, Option<String>) {
+    use crate::address::ListenAddress;
+    let Ok(ListenAddress::Tcp { address, tls }) = ListenAddress::parse(api_address) else {
+        // A Unix socket is dialled by its path; a bad address is reported by `check`.
+        return (api_address.to_string(), None);
+    };
+    let scheme = if tls { "https" } else { "http" };
+    let (host, port) = address.rsplit_once(':').unwrap_or((address.as_str(), ""));
+    if matches!(host, "" | "0.0.0.0" | "[::]" | "::") {
+        let advertised = format!("{scheme}://127.0.0.1:{port}");
+        let warning = format!(
+            "`api.address` {api_address} is a wildcard address: MemberList advertises {advertised}, which only this host can dial; set `api.advertise-address`"
+        );
+        return (advertised, Some(warning));
+    }
+    (format!("{scheme}://{address}"), None)
+}
+
 /// Parses a duration such as `5s`, `500ms`, `1m`, `2h` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
@@ -261,16 +419,27 @@ impl ListenerTlsKeys<'_> {
         self.address.starts_with("https://") || self.address.starts_with("unixs://")
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), Problem> {
         let prefix = self.prefix;
+        let key = |name: &str| format!("{prefix}.{name}");
         if self.cert_filename.is_empty() != self.key_filename.is_empty() {
-            return Err(format!(
-                "invalid configuration: `{prefix}.cert-filename` and `{prefix}.key-filename` must be set together"
+            return Err(problem(
+                key(if self.cert_filename.is_empty() {
+                    "cert-filename"
+                } else {
+                    "key-filename"
+                }),
+                format!(
+                    "`{prefix}.cert-filename` and `{prefix}.key-filename` must be set together"
+                ),
             ));
         }
         if !self.allowed_cn.is_empty() && !self.allowed_hostname.is_empty() {
-            return Err(format!(
-                "invalid configuration: `{prefix}.allowed-cn` and `{prefix}.allowed-hostname` are mutually exclusive; set one"
+            return Err(problem(
+                key("allowed-hostname"),
+                format!(
+                    "`{prefix}.allowed-cn` and `{prefix}.allowed-hostname` are mutually exclusive; set one"
+                ),
             ));
         }
         let allowed_key = match (self.allowed_cn.is_empty(), self.allowed_hostname.is_empty()) {
@@ -278,27 +447,36 @@ impl ListenerTlsKeys<'_> {
             (_, false) => Some("allowed-hostname"),
             _ => None,
         };
-        if let Some(key) = allowed_key
+        if let Some(name) = allowed_key
             && self.ca_filename.is_empty()
             && !self.client_cert_auth
         {
-            return Err(format!(
-                "invalid configuration key `{prefix}.{key}`: it checks client certificates, which are only asked for with `{prefix}.ca-filename` or `{prefix}.client-cert-auth`"
+            return Err(problem(
+                key(name),
+                format!(
+                    "it checks client certificates, which are only asked for with `{prefix}.ca-filename` or `{prefix}.client-cert-auth`"
+                ),
             ));
         }
         if !self.allowed_hostname.is_empty()
             && rustls::pki_types::ServerName::try_from(self.allowed_hostname).is_err()
         {
-            return Err(format!(
-                "invalid configuration key `{prefix}.allowed-hostname`: `{}` is not a DNS name or IP address",
-                self.allowed_hostname
+            return Err(problem(
+                key("allowed-hostname"),
+                format!(
+                    "`{}` is not a DNS name or IP address",
+                    self.allowed_hostname
+                ),
             ));
         }
         if self.is_tls_address() {
             if self.cert_filename.is_empty() {
-                return Err(format!(
-                    "invalid configuration key `{prefix}.cert-filename`: `{prefix}.address` {} serves TLS and needs `{prefix}.cert-filename` and `{prefix}.key-filename`",
-                    self.address
+                return Err(problem(
+                    key("cert-filename"),
+                    format!(
+                        "`{prefix}.address` {} serves TLS and needs `{prefix}.cert-filename` and `{prefix}.key-filename`",
+                        self.address
+                    ),
                 ));
             }
             return Ok(());
@@ -310,10 +488,13 @@ impl ListenerTlsKeys<'_> {
             ("allowed-cn", !self.allowed_cn.is_empty()),
             ("allowed-hostname", !self.allowed_hostname.is_empty()),
         ];
-        if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
-            return Err(format!(
-                "invalid configuration key `{prefix}.{key}`: it applies to TLS, but `{prefix}.address` {} is plaintext (use https:// or unixs://)",
-                self.address
+        if let Some((name, _)) = set.iter().find(|(_, set)| *set) {
+            return Err(problem(
+                key(name),
+                format!(
+                    "it applies to TLS, but `{prefix}.address` {} is plaintext (use https:// or unixs://)",
+                    self.address
+                ),
             ));
         }
         Ok(())
@@ -390,6 +571,7 @@ pub const KEYS: &[&str] = &[
     "tables.names",
     "tables.token",
     "maintenance.token",
+    "cluster.name",
 ];
 
 /// Keys whose values are secrets: never logged, redacted in `Status`.
@@ -432,43 +614,48 @@ pub struct Sources {
 
 const SEARCH_DIRS: &[&str] = &["/etc/armada", "/config"];
 
-fn find_config_file() -> Option<PathBuf> {
+const CONFIG_EXTENSIONS: &[&str] = &["yaml", "yml", "toml", "json"];
+
+/// The first search directory holding a `config.*`; two of them in one directory are an
+/// error rather than a silent choice of one.
+fn find_config_file() -> Result<Option<PathBuf>, String> {
     let mut dirs: Vec<PathBuf> = SEARCH_DIRS.iter().map(PathBuf::from).collect();
     if let Some(home) = std::env::var_os("HOME") {
         dirs.push(Path::new(&home).join(".armada"));
     }
     dirs.push(PathBuf::from("."));
     for dir in dirs {
-        for extension in ["yaml", "yml", "toml", "json"] {
-            let candidate = dir.join(format!("config.{extension}"));
-            if candidate.is_file() {
-                return Some(candidate);
+        let found: Vec<PathBuf> = CONFIG_EXTENSIONS
+            .iter()
+            .map(|extension| dir.join(format!("config.{extension}")))
+            .filter(|candidate| candidate.is_file())
+            .collect();
+        match found.as_slice() {
+            [] => continue,
+            [file] => return Ok(Some(file.clone())),
+            [first, second, ..] => {
+                return Err(format!(
+                    "two config files in {}: {} and {}; keep one, or choose with --config",
+                    dir.display(),
+                    first.display(),
+                    second.display()
+                ));
             }
         }
     }
-    None
+    Ok(None)
 }
 
 /// Resolves the configuration from all layers and checks it.
 pub fn load(sources: Sources, base: ServerConfig) -> Result<ServerConfig, String> {
     let role = base.role;
     let mut figment = Figment::from(Serialized::defaults(base));
-    let file = sources.file.or_else(find_config_file);
+    let file = match sources.file {
+        Some(file) => Some(file),
+        None => find_config_file()?,
+    };
     if let Some(path) = &file {
-        if !path.is_file() {
-            return Err(format!("config file {} does not exist", path.display()));
-        }
-        figment = match path.extension().and_then(|e| e.to_str()) {
-            Some("yaml" | "yml") => figment.merge(Yaml::file_exact(path)),
-            Some("toml") => figment.merge(Toml::file_exact(path)),
-            Some("json") => figment.merge(Json::file_exact(path)),
-            _ => {
-                return Err(format!(
-                    "config file {} must end in .yaml, .yml, .toml or .json",
-                    path.display()
-                ));
-            }
-        };
+        figment = merge_file(figment, path)?;
     }
     for key in KEYS {
         let name = env_var_name(key);
@@ -489,8 +676,154 @@ pub fn load(sources: Sources, base: ServerConfig) -> Result<ServerConfig, String
     }
     let mut config: ServerConfig = figment.extract().map_err(describe_error)?;
     config.role = role;
-    config.check()?;
+    config.config_file = file;
+    config.fill_derived_defaults();
+    config
+        .check()
+        .map_err(|problem| problem.describe(&source_of(&figment, &problem.key)))?;
     Ok(config)
+}
+
+/// Merges the config file into `figment`, refusing a missing file, an unknown extension and
+/// (YAML, JSON) a key given twice.
+fn merge_file(figment: Figment, path: &Path) -> Result<Figment, String> {
+    if !path.is_file() {
+        return Err(format!("config file {} does not exist", path.display()));
+    }
+    let extension = path.extension().and_then(|extension| extension.to_str());
+    if matches!(extension, Some("yaml" | "yml" | "json")) {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| format!("cannot read config file {}: {error}", path.display()))?;
+        let checked = match extension {
+            Some("json") => Json::from_str::<UniqueKeys>(&text).map_err(|error| error.to_string()),
+            _ => Yaml::from_str::<UniqueKeys>(&text).map_err(|error| error.to_string()),
+        };
+        checked.map_err(|error| {
+            format!(
+                "invalid configuration in config file {}: {error}",
+                path.display()
+            )
+        })?;
+    }
+    Ok(match extension {
+        Some("yaml" | "yml") => figment.merge(Yaml::file_exact(path)),
+        Some("toml") => figment.merge(Toml::file_exact(path)),
+        Some("json") => figment.merge(Json::file_exact(path)),
+        _ => {
+            return Err(format!(
+                "config file {} must end in .yaml, .yml, .toml or .json",
+                path.display()
+            ));
+        }
+    })
+}
+
+/// Where the value of `key` came from, as an operator would look for it: `flag --raft.rtt`,
+/// `environment variable RAFT_RTT`, `YAML file /etc/armada/config.yaml`, or the default.
+fn source_of(figment: &Figment, key: &str) -> String {
+    let Some(metadata) = figment.find_metadata(key) else {
+        return "the default".to_string();
+    };
+    match &metadata.source {
+        Some(figment::Source::File(path)) => format!("{} {}", metadata.name, path.display()),
+        _ if metadata.name.starts_with("flag ")
+            || metadata.name.starts_with("environment variable ") =>
+        {
+            metadata.name.to_string()
+        }
+        // The defaults (`Serialized::defaults`, whose source is this file's code location).
+        _ => "the default".to_string(),
+    }
+}
+
+/// A config file's structure, read only to find keys given twice in one mapping.
+struct UniqueKeys;
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeysVisitor {
+            path: String::new(),
+        })?;
+        Ok(UniqueKeys)
+    }
+}
+
+/// Visits one value at `path` (dotted), failing on the first mapping key seen twice.
+struct UniqueKeysVisitor {
+    path: String,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for UniqueKeysVisitor {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("any configuration value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut sequence: A) -> Result<(), A::Error> {
+        while sequence
+            .next_element_seed(UniqueKeysVisitor {
+                path: self.path.clone(),
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(key) = map.next_key::<figment::value::Value>()? {
+            let name = match key.as_str() {
+                Some(name) => name.to_string(),
+                None => format!("{key:?}"),
+            };
+            let path = if self.path.is_empty() {
+                name
+            } else {
+                format!("{}.{name}", self.path)
+            };
+            if !seen.insert(path.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "key `{path}` is given twice"
+                )));
+            }
+            map.next_value_seed(UniqueKeysVisitor { path })?;
+        }
+        Ok(())
+    }
 }
 
 /// String-typed keys stay strings ("007" is a token, not a number); numbers and booleans
@@ -558,66 +891,79 @@ impl ReplicationConfig {
 }
 
 impl ServerConfig {
-    fn check(&self) -> Result<(), String> {
+    /// Defaults that depend on other keys: the advertised client URL (from `api.address`) and
+    /// the cluster name (from the role).
+    fn fill_derived_defaults(&mut self) {
+        if self.api.advertise_address.is_empty() {
+            let (advertised, warning) = advertise_address_of(&self.api.address);
+            self.api.advertise_address = advertised;
+            self.warnings.extend(warning);
+        }
+        if self.cluster.name.is_empty() {
+            self.cluster.name = match self.role {
+                NodeRole::Leader => "leader".into(),
+                NodeRole::Follower => "follower".into(),
+            };
+        }
+    }
+
+    /// Checks what the types cannot: ranges, combinations, addresses, names. The first problem
+    /// found is returned against the key an operator has to change.
+    fn check(&self) -> Result<(), Problem> {
         if self.raft.node_id == 0 {
-            return Err("invalid configuration key `raft.node-id`: must be 1 or more".into());
+            return Err(problem("raft.node-id", "must be 1 or more"));
         }
-        if self.raft.rtt == 0
-            || self.raft.heartbeat_rtt == 0
-            || self.raft.election_rtt <= self.raft.heartbeat_rtt
+        self.check_logging()?;
+        self.check_raft_timing()?;
+        check_host_port("raft.address", &self.raft.address)?;
+        for (_, address) in self.members()? {
+            check_host_port("raft.initial-members", &address)?;
+        }
+        let tls_files = [
+            ("raft.ca-filename", &self.raft.ca_filename),
+            ("raft.cert-filename", &self.raft.cert_filename),
+            ("raft.key-filename", &self.raft.key_filename),
+        ];
+        let given = tls_files
+            .iter()
+            .filter(|(_, file)| !file.is_empty())
+            .count();
+        if let Some((key, _)) = tls_files.iter().find(|(_, file)| file.is_empty())
+            && given != 0
         {
-            return Err("invalid configuration: `raft.rtt` and `raft.heartbeat-rtt` must be positive and `raft.election-rtt` greater than `raft.heartbeat-rtt`".into());
-        }
-        if !matches!(self.log_format.as_str(), "text" | "json") {
-            return Err(format!(
-                "invalid configuration key `log-format`: `{}` is not `text` or `json`",
-                self.log_format
+            return Err(problem(
+                *key,
+                "`raft.ca-filename`, `raft.cert-filename` and `raft.key-filename` must be set together",
             ));
         }
-        if self.raft.address.is_empty() {
-            return Err("invalid configuration key `raft.address`: must be set (host:port)".into());
-        }
-        self.members()?;
-        let tls_files = [
-            &self.raft.ca_filename,
-            &self.raft.cert_filename,
-            &self.raft.key_filename,
-        ];
-        let given = tls_files.iter().filter(|file| !file.is_empty()).count();
-        if given != 0 && given != 3 {
-            return Err("invalid configuration: `raft.ca-filename`, `raft.cert-filename` and `raft.key-filename` must be set together".into());
-        }
         if self.role == NodeRole::Follower {
-            if self.replication.leader_address.trim().is_empty() {
-                return Err("invalid configuration key `replication.leader-address`: a follower must name the leader cluster's replication address".into());
-            }
-            for address in self.replication.leader_addresses() {
-                if !LEADER_SCHEMES
-                    .iter()
-                    .any(|scheme| address.starts_with(scheme))
-                {
-                    return Err(format!(
-                        "invalid configuration key `replication.leader-address`: `{address}` is not an http://, https://, unix:// or unixs:// URL"
-                    ));
-                }
-            }
+            self.check_leader_addresses()?;
         }
-        parse_duration(&self.replication.reconcile_interval).map_err(|error| {
-            format!("invalid configuration key `replication.reconcile-interval`: {error}")
-        })?;
+        parse_duration(&self.replication.reconcile_interval)
+            .map_err(|error| problem("replication.reconcile-interval", error))?;
         if self.replication.max_recovery_in_flight == 0 {
-            return Err(
-                "invalid configuration key `replication.max-recovery-in-flight`: must be 1 or more"
-                    .into(),
-            );
+            return Err(problem(
+                "replication.max-recovery-in-flight",
+                "must be 1 or more",
+            ));
         }
         for (key, value) in [
             ("api.address", &self.api.address),
+            ("api.advertise-address", &self.api.advertise_address),
             ("rest.address", &self.rest.address),
             ("replication.address", &self.replication.address),
         ] {
-            crate::address::ListenAddress::parse(value)
-                .map_err(|error| format!("invalid configuration key `{key}`: {error}"))?;
+            crate::address::ListenAddress::parse(value).map_err(|error| problem(key, error))?;
+        }
+        for name in self.tables.names() {
+            crate::api::validate::new_table_name(&name)
+                .map_err(|error| problem("tables.names", format!("`{name}`: {error}")))?;
+        }
+        if self.cluster.name.is_empty() || self.cluster.name.len() > MAX_CLUSTER_NAME_BYTES {
+            return Err(problem(
+                "cluster.name",
+                format!("must be 1..={MAX_CLUSTER_NAME_BYTES} bytes"),
+            ));
         }
         self.api_tls_keys().check()?;
         match self.role {
@@ -627,12 +973,81 @@ impl ServerConfig {
         Ok(())
     }
 
+    fn check_logging(&self) -> Result<(), Problem> {
+        if !LOG_LEVELS.contains(&self.log_level.to_ascii_lowercase().as_str()) {
+            return Err(problem(
+                "log-level",
+                format!(
+                    "`{}` is not one of {}",
+                    self.log_level,
+                    LOG_LEVELS.join(", ")
+                ),
+            ));
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(problem(
+                "log-format",
+                format!("`{}` is not `text` or `json`", self.log_format),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_raft_timing(&self) -> Result<(), Problem> {
+        if self.raft.rtt == 0 {
+            return Err(problem("raft.rtt", "must be 1 ms or more"));
+        }
+        if self.raft.heartbeat_rtt == 0 {
+            return Err(problem("raft.heartbeat-rtt", "must be 1 or more"));
+        }
+        if self.raft.election_rtt <= self.raft.heartbeat_rtt {
+            return Err(problem(
+                "raft.election-rtt",
+                format!(
+                    "must be greater than `raft.heartbeat-rtt` ({})",
+                    self.raft.heartbeat_rtt
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_leader_addresses(&self) -> Result<(), Problem> {
+        let key = "replication.leader-address";
+        if self.replication.leader_address.trim().is_empty() {
+            return Err(problem(
+                key,
+                "a follower must name the leader cluster's replication address",
+            ));
+        }
+        for address in self.replication.leader_addresses() {
+            if !LEADER_SCHEMES
+                .iter()
+                .any(|scheme| address.starts_with(scheme))
+            {
+                return Err(problem(
+                    key,
+                    format!("`{address}` is not an http://, https://, unix:// or unixs:// URL"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// On a follower the `replication.*` TLS keys configure the client that dials the leader
     /// cluster; the server-side ones have nothing to apply to.
-    fn check_follower_replication_tls(&self) -> Result<(), String> {
+    fn check_follower_replication_tls(&self) -> Result<(), Problem> {
         let replication = &self.replication;
         if replication.cert_filename.is_empty() != replication.key_filename.is_empty() {
-            return Err("invalid configuration: `replication.cert-filename` and `replication.key-filename` (the client certificate a follower presents) must be set together".into());
+            let key = if replication.cert_filename.is_empty() {
+                "replication.cert-filename"
+            } else {
+                "replication.key-filename"
+            };
+            return Err(problem(
+                key,
+                "`replication.cert-filename` and `replication.key-filename` (the client certificate a follower presents) must be set together",
+            ));
         }
         for (key, set) in [
             ("replication.client-cert-auth", replication.client_cert_auth),
@@ -643,8 +1058,9 @@ impl ServerConfig {
             ),
         ] {
             if set {
-                return Err(format!(
-                    "invalid configuration key `{key}`: it secures the leader cluster's replication server; a follower node serves none"
+                return Err(problem(
+                    key,
+                    "it secures the leader cluster's replication server; a follower node serves none",
                 ));
             }
         }
@@ -656,8 +1072,11 @@ impl ServerConfig {
         if let Some((key, _)) = client_tls.iter().find(|(_, value)| !value.is_empty()) {
             for address in replication.leader_addresses() {
                 if !(address.starts_with("https://") || address.starts_with("unixs://")) {
-                    return Err(format!(
-                        "invalid configuration key `{key}`: it applies to TLS, but `replication.leader-address` `{address}` is plaintext (use https:// or unixs://)"
+                    return Err(problem(
+                        *key,
+                        format!(
+                            "it applies to TLS, but `replication.leader-address` `{address}` is plaintext (use https:// or unixs://)"
+                        ),
                     ));
                 }
             }
@@ -725,29 +1144,30 @@ impl ServerConfig {
     }
 
     /// The static initial membership: node id → raft address. Empty means "just this node".
-    pub fn members(&self) -> Result<BTreeMap<u64, String>, String> {
+    pub fn members(&self) -> Result<BTreeMap<u64, String>, Problem> {
+        let key = "raft.initial-members";
         let mut members = BTreeMap::new();
         if self.raft.initial_members.trim().is_empty() {
             members.insert(self.raft.node_id, self.raft.address.clone());
             return Ok(members);
         }
         for part in self.raft.initial_members.split(',') {
-            let (id, address) = part.trim().split_once('=').ok_or_else(|| {
-                format!("invalid configuration key `raft.initial-members`: `{part}` is not `id=host:port`")
-            })?;
-            let id: u64 = id.trim().parse().map_err(|_| {
-                format!("invalid configuration key `raft.initial-members`: `{id}` is not a node id")
-            })?;
+            let (id, address) = part
+                .trim()
+                .split_once('=')
+                .ok_or_else(|| problem(key, format!("`{part}` is not `id=host:port`")))?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .map_err(|_| problem(key, format!("`{id}` is not a node id")))?;
             if id == 0 || members.insert(id, address.trim().to_string()).is_some() {
-                return Err(format!(
-                    "invalid configuration key `raft.initial-members`: node id {id} is zero or repeated"
-                ));
+                return Err(problem(key, format!("node id {id} is zero or repeated")));
             }
         }
         if !members.contains_key(&self.raft.node_id) {
-            return Err(format!(
-                "invalid configuration key `raft.initial-members`: it does not list this node ({})",
-                self.raft.node_id
+            return Err(problem(
+                key,
+                format!("it does not list this node ({})", self.raft.node_id),
             ));
         }
         Ok(members)
@@ -1014,6 +1434,206 @@ mod tests {
         let tls = config.replication_server_tls().expect("tls");
         assert_eq!(tls.cert_file, PathBuf::from("server.pem"));
         assert!(matches!(tls.client_auth, ClientAuth::Required { .. }));
+    }
+
+    fn write_file(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).expect("write");
+        file
+    }
+
+    #[test]
+    fn unknown_log_levels_are_refused_naming_the_source() {
+        let error = try_load(NodeRole::Leader, &[("log-level", "chatty")]).expect_err("chatty");
+        assert!(
+            error.contains("`log-level` in flag --log-level") && error.contains("chatty"),
+            "{error}"
+        );
+        let error = load(
+            sources(
+                &[("LOG_LEVEL", "verbose")],
+                &[("raft.address", "a:1")],
+                None,
+            ),
+            ServerConfig::default(),
+        )
+        .expect_err("verbose");
+        assert!(
+            error.contains("`log-level` in environment variable LOG_LEVEL"),
+            "{error}"
+        );
+        // Regatta's upper-case names are levels too.
+        try_load(NodeRole::Leader, &[("log-level", "DEBUG")]).expect("DEBUG");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_flag_variable_or_file() {
+        let error = try_load(NodeRole::Leader, &[("log-format", "xml")]).expect_err("format");
+        assert!(
+            error.contains("`log-format` in flag --log-format"),
+            "{error}"
+        );
+        let error = load(
+            sources(&[("RAFT_RTT", "0")], &[("raft.address", "a:1")], None),
+            ServerConfig::default(),
+        )
+        .expect_err("rtt");
+        assert!(
+            error.contains("`raft.rtt` in environment variable RAFT_RTT"),
+            "{error}"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write_file(
+            &dir,
+            "config.yaml",
+            "raft:\n  address: a:1\n  initial-members: 2=b:2\n",
+        );
+        let error = load(
+            sources(&[], &[], Some(file.clone())),
+            ServerConfig::default(),
+        )
+        .expect_err("members");
+        assert!(
+            error.contains("`raft.initial-members`") && error.contains(&file.display().to_string()),
+            "{error}"
+        );
+        let error = try_load(NodeRole::Leader, &[("api.address", "ftp://x")]).expect_err("url");
+        assert!(
+            error.contains("`api.address` in flag --api.address"),
+            "{error}"
+        );
+        let error = load(
+            sources(&[], &[("raft.address", "notanaddress")], None),
+            ServerConfig::default(),
+        )
+        .expect_err("raft address");
+        assert!(
+            error.starts_with("invalid configuration key `raft.address` in flag --raft.address:"),
+            "{error}"
+        );
+        let error = load(sources(&[], &[], None), ServerConfig::default()).expect_err("unset");
+        assert!(error.contains("`raft.address` in the default"), "{error}");
+    }
+
+    #[test]
+    fn table_names_are_checked_and_may_be_a_list() {
+        let error =
+            try_load(NodeRole::Leader, &[("tables.names", "ok,not ok")]).expect_err("bad name");
+        assert!(
+            error.contains("`tables.names` in flag --tables.names") && error.contains("not ok"),
+            "{error}"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write_file(
+            &dir,
+            "config.yaml",
+            "raft:\n  address: a:1\ntables:\n  names:\n    - config\n    - flags\n",
+        );
+        let config = load(sources(&[], &[], Some(file)), ServerConfig::default()).expect("list");
+        assert_eq!(config.tables.names(), ["config", "flags"]);
+    }
+
+    #[test]
+    fn keys_given_twice_in_a_file_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write_file(
+            &dir,
+            "config.yaml",
+            "raft:\n  address: a:1\n  node-id: 1\n  node-id: 2\n",
+        );
+        let error = load(
+            sources(&[], &[], Some(file.clone())),
+            ServerConfig::default(),
+        )
+        .expect_err("duplicate");
+        assert!(
+            error.contains("`raft.node-id` is given twice")
+                && error.contains(&file.display().to_string()),
+            "{error}"
+        );
+        let file = write_file(
+            &dir,
+            "config.json",
+            r#"{"raft": {"address": "a:1"}, "raft": {"node-id": 2}}"#,
+        );
+        let error =
+            load(sources(&[], &[], Some(file)), ServerConfig::default()).expect_err("duplicate");
+        assert!(error.contains("`raft` is given twice"), "{error}");
+        let file = write_file(
+            &dir,
+            "config.toml",
+            "[raft]\naddress = \"a:1\"\naddress = \"b:2\"\n",
+        );
+        load(sources(&[], &[], Some(file)), ServerConfig::default()).expect_err("toml duplicate");
+    }
+
+    #[test]
+    fn the_advertised_address_follows_the_api_address() {
+        let config = try_load(
+            NodeRole::Leader,
+            &[("api.address", "https://10.1.2.3:9443")],
+        )
+        .expect_err("no cert");
+        assert!(config.contains("api.cert-filename"), "{config}");
+        let config =
+            try_load(NodeRole::Leader, &[("api.address", "http://10.1.2.3:9443")]).expect("ok");
+        assert_eq!(config.api.advertise_address, "http://10.1.2.3:9443");
+        assert!(config.warnings.is_empty());
+        let config = try_load(NodeRole::Leader, &[]).expect("default");
+        assert_eq!(config.api.advertise_address, "http://127.0.0.1:8443");
+        assert!(
+            config.warnings[0].contains("wildcard"),
+            "{:?}",
+            config.warnings
+        );
+        let config = try_load(
+            NodeRole::Leader,
+            &[
+                ("api.address", "http://[::]:8443"),
+                ("api.advertise-address", "http://node-1.example:8443"),
+            ],
+        )
+        .expect("explicit");
+        assert_eq!(config.api.advertise_address, "http://node-1.example:8443");
+        assert!(config.warnings.is_empty());
+        assert_eq!(
+            advertise_address_of("unix:///run/armada.sock").0,
+            "unix:///run/armada.sock"
+        );
+        // Port 0: the port the OS chose is advertised once the listener is bound.
+        let config =
+            try_load(NodeRole::Leader, &[("api.address", "http://127.0.0.2:0")]).expect("ok");
+        assert_eq!(
+            config.api.advertise_address_bound("http://127.0.0.2:40123"),
+            "http://127.0.0.2:40123"
+        );
+        assert_eq!(
+            try_load(NodeRole::Leader, &[])
+                .expect("ok")
+                .api
+                .advertise_address_bound("http://0.0.0.0:40123"),
+            "http://127.0.0.1:8443"
+        );
+    }
+
+    #[test]
+    fn the_cluster_name_defaults_to_the_role() {
+        assert_eq!(
+            try_load(NodeRole::Leader, &[])
+                .expect("leader")
+                .cluster
+                .name,
+            "leader"
+        );
+        let follower = try_load(
+            NodeRole::Follower,
+            &[("replication.leader-address", "http://l:1")],
+        )
+        .expect("follower");
+        assert_eq!(follower.cluster.name, "follower");
+        let named = try_load(NodeRole::Leader, &[("cluster.name", "eu-west")]).expect("named");
+        assert_eq!(named.cluster.name, "eu-west");
+        assert_eq!(named.flat_redacted()["cluster.name"], "eu-west");
     }
 
     #[test]

@@ -6,8 +6,9 @@ use crate::groups::types::TypeConfig;
 pub enum ApiError {
     #[error("{0}")]
     InvalidArgument(String),
-    #[error("table not found")]
-    TableNotFound,
+    /// The table's name as the request gave it.
+    #[error("table {0:?} not found")]
+    TableNotFound(String),
     #[error("table already exists")]
     TableExists,
     #[error("{0}")]
@@ -109,7 +110,7 @@ impl From<ApiError> for tonic::Status {
         let message = error.to_string();
         match error {
             ApiError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
-            ApiError::TableNotFound | ApiError::NotFound(_) => tonic::Status::not_found(message),
+            ApiError::TableNotFound(_) | ApiError::NotFound(_) => tonic::Status::not_found(message),
             ApiError::TableExists => tonic::Status::already_exists(message),
             ApiError::Unavailable(_) => tonic::Status::unavailable(message),
             ApiError::DeadlineExceeded => tonic::Status::deadline_exceeded(message),
@@ -134,7 +135,7 @@ mod tests {
                 ApiError::invalid("key must be set"),
                 tonic::Code::InvalidArgument,
             ),
-            (ApiError::TableNotFound, tonic::Code::NotFound),
+            (ApiError::TableNotFound("t".into()), tonic::Code::NotFound),
             (ApiError::TableExists, tonic::Code::AlreadyExists),
             (ApiError::Unavailable("x".into()), tonic::Code::Unavailable),
             (ApiError::DeadlineExceeded, tonic::Code::DeadlineExceeded),

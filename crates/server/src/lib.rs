@@ -3,6 +3,7 @@
 
 pub mod address;
 pub mod api;
+pub mod build_info;
 pub mod catalog;
 pub mod certificates;
 pub mod cluster;
@@ -10,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod follower;
 pub mod groups;
+pub mod health;
 pub mod listener;
 pub mod load;
 pub mod node;

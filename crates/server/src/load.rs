@@ -139,7 +139,7 @@ impl Node {
     ) -> Result<u64, ApiError> {
         let group = match self.table(name).await {
             Ok(group) => group,
-            Err(ApiError::TableNotFound) => {
+            Err(ApiError::TableNotFound(_)) => {
                 match self.create_table(name, deadline).await {
                     Ok(_) | Err(ApiError::TableExists) => {}
                     Err(error) => return Err(error),

@@ -90,6 +90,9 @@ pub struct Node {
     pub started_at: std::time::Instant,
     /// Follower clusters: the replication machinery (set once at start).
     follower: std::sync::OnceLock<Arc<crate::follower::Follower>>,
+    /// This node's client URL in MemberList once the API listener is bound (see
+    /// [`Node::api_advertise_address`]).
+    api_advertise_address: std::sync::OnceLock<String>,
 }
 
 impl Node {
@@ -187,6 +190,7 @@ impl Node {
             reconcile_lock: tokio::sync::Mutex::new(()),
             started_at: std::time::Instant::now(),
             follower: std::sync::OnceLock::new(),
+            api_advertise_address: std::sync::OnceLock::new(),
         });
         handler.attach(&node);
         node.reconcile().await?;
@@ -390,13 +394,29 @@ impl Node {
         .map_err(|_| ApiError::Unavailable("the table group stopped".into()))
     }
 
+    /// Called once the API listener is bound at `bound_url`: an `api.advertise-address` with
+    /// port 0 (derived from `api.address` …:0) then advertises the port the OS chose.
+    pub fn set_api_bound(&self, bound_url: &str) {
+        let _ = self
+            .api_advertise_address
+            .set(self.config.api.advertise_address_bound(bound_url));
+    }
+
+    /// This node's client URL, as MemberList shows it.
+    pub fn api_advertise_address(&self) -> String {
+        match self.api_advertise_address.get() {
+            Some(address) => address.clone(),
+            None => self.config.api.advertise_address.clone(),
+        }
+    }
+
     /// Every member's id, Raft address and (when it answers) client address.
     pub async fn member_addresses(&self) -> Vec<(u64, String, Option<String>)> {
         let deadline = tokio::time::Instant::now() + MEMBER_INFO_TIMEOUT;
         let mut out = Vec::new();
         for (id, node) in &self.members {
             let api = if *id == self.node_id.get() {
-                Some(self.config.api.advertise_address.clone())
+                Some(self.api_advertise_address())
             } else {
                 match self.call_peer(*id, &PeerRequest::NodeInfo, deadline).await {
                     Ok(Ok(PeerResponse::NodeInfo { api_address, .. })) => Some(api_address),
@@ -441,7 +461,7 @@ impl Node {
             let catalog = self.catalog_state();
             let Some(record) = catalog.tables.get(name) else {
                 if confirmed || !self.catalog_caught_up(deadline).await {
-                    return Err(ApiError::TableNotFound);
+                    return Err(ApiError::TableNotFound(name.to_string()));
                 }
                 confirmed = true;
                 continue;
@@ -657,7 +677,7 @@ impl Node {
                 })
                 .await
             }
-            CatalogOutcome::NotFound => Err(ApiError::TableNotFound),
+            CatalogOutcome::NotFound => Err(ApiError::TableNotFound(name.to_string())),
             other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
         }
     }

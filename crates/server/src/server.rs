@@ -1,6 +1,7 @@
 //! Runs a leader-cluster node: the node itself, the client API (KV, Tables, Cluster,
-//! Maintenance), the replication API and REST, until `shutdown` resolves; then stops
-//! accepting, lets in-flight requests finish and closes storage cleanly.
+//! Maintenance, plus gRPC health and server reflection), the replication API and REST, until
+//! `shutdown` resolves; then reports NOT_SERVING, stops accepting, lets in-flight requests
+//! finish and closes storage cleanly.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use armada_proto::replication::v1::snapshot_server::SnapshotServer;
 use tokio::sync::watch;
 use tonic::codec::CompressionEncoding;
 use tonic::service::interceptor::InterceptedService;
+use tonic_reflection::server as reflection;
 
 use crate::address::ListenAddress;
 use crate::api;
@@ -61,6 +63,7 @@ pub async fn run(
 
     let (stop_sender, stop) = watch::channel(false);
     let api_listener = Listener::bind("api.address", &config.api.address, api_tls).await?;
+    node.set_api_bound(&api_listener.url());
     // The replication API is the leader cluster's; follower nodes do not serve it.
     let replication_listener = match config.is_follower() {
         true => None,
@@ -96,7 +99,12 @@ pub async fn run(
         "armada node serving"
     );
 
+    let (health_reporter, health_service) = crate::health::not_serving().await;
+    let reflection = reflection_services()?;
     let api_server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection.0)
+        .add_service(reflection.1)
         .add_service(compressed(KvServer::new(api::kv::KvService::new(
             node.clone(),
         ))))
@@ -151,12 +159,22 @@ pub async fn run(
             .await
             .map_err(anyhow::Error::from)
     });
+    let (health_stop_sender, health_stop) = watch::channel(false);
+    let health_task = tokio::spawn(crate::health::follow_readiness(
+        node.clone(),
+        health_reporter.clone(),
+        health_stop,
+    ));
     write_listen_file(&config, &bound)?;
     on_ready(&bound);
 
     shutdown.await;
+    // NOT_SERVING first, while the API still answers, so that balancers drain this node.
+    let _ = health_stop_sender.send(true);
+    let _ = health_task.await;
     tracing::info!("shutting down: no new requests, finishing in-flight ones");
     let _ = stop_sender.send(true);
+    crate::health::end_watches(health_reporter).await;
     for task in [api_task, replication_task, rest_task] {
         match tokio::time::timeout(Duration::from_secs(10), task).await {
             Ok(Ok(Err(error))) => tracing::warn!(%error, "a server ended with an error"),
@@ -167,6 +185,21 @@ pub async fn run(
     node.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// gRPC server reflection (`grpc.reflection.v1` and the older `v1alpha` that many grpcurl
+/// builds still ask first) over the API port's services and the health service, so that
+/// grpcurl and similar tools work without the `.proto` files.
+fn reflection_services() -> anyhow::Result<(
+    reflection::v1::ServerReflectionServer<impl reflection::v1::ServerReflection>,
+    reflection::v1alpha::ServerReflectionServer<impl reflection::v1alpha::ServerReflection>,
+)> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(armada_proto::API_FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }
 
 /// Checks the replication token on services that do not check it themselves.

@@ -92,8 +92,13 @@ pub fn thread_registry() -> impl FnOnce() + Send + 'static {
 }
 
 /// Sets up logging: human-readable text or JSON lines, filtered by `level` (or `RUST_LOG`).
+/// `level` is one of `config::LOG_LEVELS` in any case (checked when the configuration is
+/// loaded). Text has ANSI colours only when stderr is a terminal: a log file or a journal
+/// would otherwise be full of escape codes.
 pub fn init_logging(level: &str, format: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
+    let level = level.to_ascii_lowercase();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!(
             "{level},openraft=error,fjall=warn,lsm_tree=warn,h2=warn,tower=warn,hyper=warn"
@@ -101,6 +106,7 @@ pub fn init_logging(level: &str, format: &str) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = if format == "json" {
         builder.json().try_init()
@@ -111,6 +117,7 @@ pub fn init_logging(level: &str, format: &str) {
 
 /// Per-table and per-group gauges, sampled when `/metrics` is scraped.
 pub fn record_node_gauges(node: &Node) {
+    crate::build_info::record_metric();
     for (name, group) in node.table_groups().iter() {
         let labels = [("table", name.clone()), ("shard_id", group.id.to_string())];
         let metrics = group.raft.metrics();
@@ -127,9 +134,15 @@ pub fn record_node_gauges(node: &Node) {
             .set(metrics.cluster_committed.as_ref().map_or(0, |id| id.index) as f64);
         metrics::gauge!("armada_raft_applied_index", &labels)
             .set(metrics.last_applied.as_ref().map_or(0, |id| id.index) as f64);
+        metrics::counter!("armada_raft_elections_total", &labels)
+            .absolute(node.log_engine().group_term_changes(group.id));
         metrics::gauge!("armada_table_disk_bytes", &labels).set(group.table.disk_bytes() as f64);
         metrics::gauge!("armada_table_revision", &labels)
             .set(group.table.read_view().position().revision.get() as f64);
     }
     metrics::gauge!("armada_storage_disk_bytes").set(node.storage.disk_space() as f64);
+    metrics::gauge!("armada_storage_journal_bytes").set(node.storage.journal_bytes() as f64);
+    // fjall counts compactions per database, not per keyspace: a node-level counter.
+    metrics::counter!("armada_storage_compactions_total")
+        .absolute(node.storage.compactions_completed());
 }

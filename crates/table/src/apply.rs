@@ -11,10 +11,11 @@
 
 use crate::error::Result;
 use crate::read::{Latest, Overlay, Reader, scan_bounds};
+use crate::response_budget::{ResponseBudget, kv_bytes};
 use crate::table::Generation;
 use crate::{
     ApplyEntry, ApplyOutcome, MAX_KEY_BYTES, MAX_RESPONSE_BYTES, MAX_SEQUENCE_DEPTH,
-    MAX_VALUE_BYTES, RangeEnd, RangeQuery, pb,
+    MAX_VALUE_BYTES, RangeEnd, pb,
 };
 use armada_storage::fjall::{Database, OwnedWriteBatch, Snapshot};
 use armada_storage::mvcc::{self, HistoryVersion};
@@ -32,6 +33,10 @@ pub(crate) type WrittenKey = (Bytes, Option<Revision>);
 
 /// Pending history versions: `(key, revision) → Some((create_revision, value))` or tombstone.
 type PendingHistory = BTreeMap<(Bytes, Revision), Option<(Revision, Bytes)>>;
+
+/// A validated command's execution: its txn compare result (`true` for other commands), or a
+/// refusal found while executing (a txn response over the limit) that changed nothing.
+type Executed = std::result::Result<bool, String>;
 
 pub(crate) struct Applier<'a> {
     snapshot: &'a Snapshot,
@@ -97,8 +102,10 @@ impl<'a> Applier<'a> {
         if let Err(message) = checked {
             return Ok(ApplyOutcome::Rejected(message));
         }
-        let succeeded = self.command(command, entry.revision, &mut result.responses)?;
-        Ok(ApplyOutcome::Applied { result, succeeded })
+        match self.command(command, entry.revision, &mut result.responses)? {
+            Ok(succeeded) => Ok(ApplyOutcome::Applied { result, succeeded }),
+            Err(message) => Ok(ApplyOutcome::Rejected(message)),
+        }
     }
 
     /// Applies a SEQUENCE of the leader cluster's commands, each carrying its leader index.
@@ -141,8 +148,9 @@ impl<'a> Applier<'a> {
             let index = nested.leader_index.expect("checked above");
             let revision = Revision::from_leader_index(LeaderIndex(index));
             // The leader rejected an invalid command the same way: no change, index consumed.
+            // A command refused while executing changed nothing here either.
             if validate(nested, revision, 1).is_ok() {
-                self.command(nested, revision, &mut result.responses)?;
+                let _refused_alike = self.command(nested, revision, &mut result.responses)?;
             }
             self.leader_index = Some(LeaderIndex(index));
         }
@@ -155,13 +163,13 @@ impl<'a> Applier<'a> {
         })
     }
 
-    /// Executes a validated command; returns the txn compare result (`true` otherwise).
+    /// Executes a validated command.
     fn command(
         &mut self,
         command: &pb::Command,
         revision: Revision,
         responses: &mut Vec<pb::ResponseOp>,
-    ) -> Result<bool> {
+    ) -> Result<Executed> {
         let kind = CommandType::try_from(command.r#type).expect("validated command type");
         match kind {
             CommandType::Put => {
@@ -172,7 +180,8 @@ impl<'a> Applier<'a> {
             CommandType::Delete => {
                 let kv = command.kv.as_ref().expect("validated DELETE has kv");
                 let range_end = RangeEnd::from_wire(&command.range_end.clone().unwrap_or_default());
-                let deleted = self.delete(&kv.key, &range_end, revision, command.prev_kvs)?;
+                let prev_budget = command.prev_kvs.then_some(MAX_RESPONSE_BYTES);
+                let (deleted, _) = self.delete(&kv.key, &range_end, revision, prev_budget)?;
                 responses.push(deleted);
             }
             CommandType::Dummy => {}
@@ -183,9 +192,10 @@ impl<'a> Applier<'a> {
                 }
             }
             CommandType::DeleteBatch => {
+                let prev_budget = command.prev_kvs.then_some(MAX_RESPONSE_BYTES);
                 for kv in &command.batch {
-                    let deleted =
-                        self.delete(&kv.key, &RangeEnd::Single, revision, command.prev_kvs)?;
+                    let (deleted, _) =
+                        self.delete(&kv.key, &RangeEnd::Single, revision, prev_budget)?;
                     responses.push(deleted);
                 }
             }
@@ -194,15 +204,18 @@ impl<'a> Applier<'a> {
                 return self.txn(txn, revision, responses);
             }
             CommandType::Sequence => {
+                // Like a replicated SEQUENCE: a refused nested command changed nothing, the
+                // others apply.
                 for nested in &command.sequence {
-                    self.command(nested, nested_revision(nested, revision), responses)?;
+                    let _refused =
+                        self.command(nested, nested_revision(nested, revision), responses)?;
                 }
             }
             CommandType::LoadBegin | CommandType::LoadChunk | CommandType::LoadCommit => {
                 unreachable!("validation rejects LOAD commands outside Table::apply_load")
             }
         }
-        Ok(true)
+        Ok(Ok(true))
     }
 
     fn put(
@@ -248,13 +261,15 @@ impl<'a> Applier<'a> {
     }
 
     /// Deletes `key` (or the range); `deleted` is always the exact number of keys deleted.
+    /// With `prev_budget`, `prev_kvs` holds the deleted pairs in key order as far as they fit in
+    /// that many bytes (as elements of a repeated field), which are also returned.
     fn delete(
         &mut self,
         key: &Bytes,
         range_end: &RangeEnd,
         revision: Revision,
-        want_prev: bool,
-    ) -> Result<pb::ResponseOp> {
+        prev_budget: Option<usize>,
+    ) -> Result<(pb::ResponseOp, usize)> {
         let mut doomed: Vec<(Bytes, Latest)> = Vec::new();
         if *range_end == RangeEnd::Single {
             if let Some(latest) = self.reader().get(key)? {
@@ -269,54 +284,93 @@ impl<'a> Applier<'a> {
         let deleted = i64::try_from(doomed.len()).unwrap_or(i64::MAX);
         let mut prev_kvs = Vec::new();
         let mut prev_bytes = 0;
+        let mut prev_full = prev_budget.is_none();
         for (key, latest) in doomed {
-            if want_prev
-                && (prev_kvs.is_empty()
-                    || prev_bytes + key.len() + latest.value.len() < MAX_RESPONSE_BYTES)
-            {
+            if !prev_full && let Some(budget) = prev_budget {
                 let kv = latest.to_key_value(key.clone());
-                prev_bytes += prost::Message::encoded_len(&kv) + 4;
-                prev_kvs.push(kv);
+                let bytes = kv_bytes(&kv);
+                if prev_bytes + bytes <= budget {
+                    prev_bytes += bytes;
+                    prev_kvs.push(kv);
+                } else {
+                    prev_full = true;
+                }
             }
             self.history.insert((key.clone(), revision), None);
             self.overlay.insert(key, None);
         }
-        Ok(pb::ResponseOp {
+        let response = pb::ResponseOp {
             response: Some(Response::ResponseDeleteRange(
                 pb::response_op::DeleteRange { deleted, prev_kvs },
             )),
-        })
+        };
+        Ok((response, prev_bytes))
     }
 
+    /// Executes a txn within the response budget ([`crate::response_budget`]); refused (with
+    /// its earlier ops rolled back) when a put's `prev_kv` does not fit.
     fn txn(
         &mut self,
         txn: &pb::Txn,
         revision: Revision,
         responses: &mut Vec<pb::ResponseOp>,
-    ) -> Result<bool> {
+    ) -> Result<Executed> {
         let succeeded = compares_hold(&self.reader(), &txn.compare)?;
         let ops = if succeeded {
             &txn.success
         } else {
             &txn.failure
         };
+        // Only a put's prev_kv can refuse the txn; keep what to roll back to only then.
+        let may_refuse = ops
+            .iter()
+            .any(|op| matches!(&op.request, Some(Request::RequestPut(put)) if put.prev_kv));
+        let saved = may_refuse.then(|| (self.overlay.clone(), self.history.clone()));
+        match self.txn_ops(ops, revision)? {
+            Ok(mut done) => {
+                responses.append(&mut done);
+                Ok(Ok(succeeded))
+            }
+            Err(message) => {
+                let (overlay, history) = saved.expect("only a put's prev_kv refuses a txn");
+                self.overlay = overlay;
+                self.history = history;
+                Ok(Err(message))
+            }
+        }
+    }
+
+    fn txn_ops(
+        &mut self,
+        ops: &[pb::RequestOp],
+        revision: Revision,
+    ) -> Result<std::result::Result<Vec<pb::ResponseOp>, String>> {
+        let mut budget = ResponseBudget::for_ops(ops.len());
+        let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             let response = match op.request.as_ref().expect("validated txn op") {
-                Request::RequestRange(range) => self
-                    .reader()
-                    .range(&RangeQuery::from_request(range), None)?
-                    .into_response(),
+                Request::RequestRange(range) => budget.range(&self.reader(), range)?,
                 Request::RequestPut(put) => {
-                    put_response(self.put(&put.key, &put.value, revision, put.prev_kv)?)
+                    let prev_kv = self.put(&put.key, &put.value, revision, put.prev_kv)?;
+                    if let Some(prev_kv) = &prev_kv
+                        && let Err(message) = budget.charge_prev_kv(prev_kv)
+                    {
+                        return Ok(Err(message));
+                    }
+                    put_response(prev_kv)
                 }
                 Request::RequestDeleteRange(delete) => {
                     let range_end = RangeEnd::from_wire(&delete.range_end);
-                    self.delete(&delete.key, &range_end, revision, delete.prev_kv)?
+                    let prev_budget = delete.prev_kv.then_some(budget.remaining());
+                    let (response, prev_bytes) =
+                        self.delete(&delete.key, &range_end, revision, prev_budget)?;
+                    budget.charge_bytes(prev_bytes);
+                    response
                 }
             };
             responses.push(response);
         }
-        Ok(succeeded)
+        Ok(Ok(responses))
     }
 
     /// The write batch of everything applied (the caller adds the position and commits), and
@@ -417,17 +471,20 @@ pub(crate) fn compares_hold(reader: &Reader<'_>, compares: &[pb::Compare]) -> Re
     Ok(true)
 }
 
-/// A single-key compare is false for an absent key; a range compare is false for an empty
-/// range and otherwise true iff every key in it satisfies the predicate.
+/// etcd's rule for keys that do not exist: a VALUE compare (and an existence compare, no
+/// operand) on an absent key or an empty range is false, while a MOD or CREATE compare sees
+/// revision 0 there, so `create(k) = 0` is put-if-absent and `mod(k) < 5` holds for a missing
+/// key. A range compare over live keys holds iff every key in it satisfies the predicate.
 fn compare_holds(reader: &Reader<'_>, compare: &pb::Compare) -> Result<bool> {
     let range_end = RangeEnd::from_wire(&compare.range_end);
     if range_end == RangeEnd::Single {
-        return Ok(reader
-            .get(&compare.key)?
-            .is_some_and(|latest| predicate_holds(compare, &latest)));
+        return Ok(match reader.get(&compare.key)? {
+            Some(latest) => predicate_holds(compare, &latest),
+            None => absent_compare_holds(compare),
+        });
     }
     let Some(bounds) = scan_bounds(&compare.key, &range_end, None) else {
-        return Ok(false);
+        return Ok(absent_compare_holds(compare));
     };
     let (mut any, mut all) = (false, true);
     reader.scan(&bounds, |_, latest| {
@@ -439,7 +496,22 @@ fn compare_holds(reader: &Reader<'_>, compare: &pb::Compare) -> Result<bool> {
             ControlFlow::Break(())
         }
     })?;
-    Ok(any && all)
+    Ok(if any {
+        all
+    } else {
+        absent_compare_holds(compare)
+    })
+}
+
+/// A compare on a key that does not exist: revisions compare as 0, values and existence fail.
+fn absent_compare_holds(compare: &pb::Compare) -> bool {
+    let ordering = match &compare.target_union {
+        None | Some(TargetUnion::Value(_)) => return false,
+        Some(TargetUnion::ModRevision(revision) | TargetUnion::CreateRevision(revision)) => {
+            0_i128.cmp(&i128::from(*revision))
+        }
+    };
+    ordering_holds(compare.result(), ordering)
 }
 
 /// Compares the stored side (left) with the operand (right); no operand: existence.
@@ -454,7 +526,11 @@ fn predicate_holds(compare: &pb::Compare, latest: &Latest) -> bool {
             i128::from(latest.create_revision.get()).cmp(&i128::from(*revision))
         }
     };
-    match compare.result() {
+    ordering_holds(compare.result(), ordering)
+}
+
+fn ordering_holds(result: CompareResult, ordering: std::cmp::Ordering) -> bool {
+    match result {
         CompareResult::Equal => ordering.is_eq(),
         CompareResult::NotEqual => ordering.is_ne(),
         CompareResult::Greater => ordering.is_gt(),

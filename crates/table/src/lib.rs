@@ -38,6 +38,7 @@ mod error;
 mod load;
 mod position;
 mod read;
+mod response_budget;
 mod snapshot;
 mod table;
 mod view;
@@ -47,14 +48,16 @@ pub use dump::{DUMP_STREAM_IDENTIFIER, DumpReader};
 pub use dump_check::{DumpProblem, DumpSummary, check_dump};
 pub use error::TableError;
 pub use position::AppliedPosition;
+pub use response_budget::FIXED_OP_RESPONSE_BYTES;
 pub use table::{Table, TableRole};
 pub use view::ReadView;
 
 use armada_storage::Revision;
 use bytes::Bytes;
 
-/// Size cap of one range response (unary Range, each IterateRange message, txn range ops and
-/// prev_kvs of deletes), as in Regatta: 4 MiB − 1 KiB.
+/// Size cap of one response (unary Range, each IterateRange message, a whole txn response and
+/// prev_kvs of deletes), as in Regatta: 4 MiB − 1 KiB, so a default gRPC client (4 MiB) always
+/// accepts it. A txn shares it between its ops, see `response_budget.rs`.
 pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024 - 1024;
 
 /// Longest user key a command may write (SPEC §2).

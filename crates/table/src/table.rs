@@ -17,7 +17,7 @@ use crate::view::ReadView;
 use crate::{ApplyEntry, ApplyOutcome, pb, snapshot};
 use armada_storage::fjall::{Keyspace, Readable};
 use armada_storage::mvcc::{self, HistoryVersion};
-use armada_storage::{LeaderIndex, Revision, Storage, TableId, keyspace_name};
+use armada_storage::{LeaderIndex, Revision, Storage, TableId, keyspace_bytes, keyspace_name};
 use bytes::Bytes;
 use pb::command::CommandType;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -615,12 +615,20 @@ impl Table {
         Ok(loaded.position)
     }
 
-    /// Approximate bytes on disk of this table.
+    /// Approximate bytes on disk of this table: its meta keyspace and the latest and history
+    /// keyspaces of its generation (and of a staged load in progress), each with the writes
+    /// still in its memtable counted ([`armada_storage::keyspace_bytes`]).
     pub fn disk_bytes(&self) -> u64 {
         let state = self.read_state();
-        self.inner.meta.disk_space()
-            + state.generation.latest.disk_space()
-            + state.generation.history.disk_space()
+        let generation_bytes = |generation: &Generation| {
+            keyspace_bytes(&generation.latest) + keyspace_bytes(&generation.history)
+        };
+        keyspace_bytes(&self.inner.meta)
+            + generation_bytes(&state.generation)
+            + state
+                .staging
+                .as_ref()
+                .map_or(0, |staging| generation_bytes(&staging.generation))
     }
 
     fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {

@@ -11,6 +11,7 @@ use crate::error::{Result, TableError};
 use crate::load::Staging;
 use crate::position::AppliedPosition;
 use crate::read::{HistoryReader, Reader};
+use crate::response_budget::ResponseBudget;
 use crate::table::Generation;
 use crate::{RangeOutcome, RangeQuery, TxnReadOutcome, dump, pb, snapshot};
 use armada_storage::Revision;
@@ -108,14 +109,14 @@ impl ReadView {
             &txn.failure
         };
         let mut responses = Vec::with_capacity(ops.len());
+        let mut budget = ResponseBudget::for_ops(ops.len());
         for op in ops {
             let Some(Request::RequestRange(range)) = &op.request else {
                 return Err(TableError::InvalidArgument(
                     "read-only txn with a write op".into(),
                 ));
             };
-            let query = RangeQuery::from_request(range);
-            responses.push(reader.range(&query, None)?.into_response());
+            responses.push(budget.range(&reader, range)?);
         }
         Ok(TxnReadOutcome {
             succeeded,

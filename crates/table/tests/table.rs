@@ -320,3 +320,288 @@ fn large_batches_loads_and_long_sequences_may_block_small_batches_do_not() {
     // The small batch still applies (inline or not, the outcome is the same).
     assert_eq!(apply(&table, 21, &small).len(), 20);
 }
+
+fn txn(compare: Vec<pb::Compare>, success: Vec<pb::RequestOp>) -> pb::Command {
+    pb::Command {
+        r#type: CommandType::Txn as i32,
+        txn: Some(pb::Txn {
+            compare,
+            success,
+            failure: Vec::new(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn op_range_all() -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestRange(
+            pb::request_op::Range {
+                key: Bytes::from_static(b"\0"),
+                range_end: Bytes::from_static(b"\0"),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+fn op_put(key: &str, value: Vec<u8>, prev_kv: bool) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestPut(pb::request_op::Put {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::from(value),
+            prev_kv,
+        })),
+    }
+}
+
+fn op_delete_all(prev_kv: bool) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestDeleteRange(
+            pb::request_op::DeleteRange {
+                key: Bytes::from_static(b"\0"),
+                range_end: Bytes::from_static(b"\0"),
+                prev_kv,
+                count: false,
+            },
+        )),
+    }
+}
+
+/// The encoded size of a txn's whole response as the API sends it.
+fn txn_response_bytes(result: &pb::CommandResult) -> usize {
+    result
+        .responses
+        .iter()
+        .map(|op| {
+            let len = op.encoded_len();
+            1 + prost::length_delimiter_len(len) + len
+        })
+        .sum()
+}
+
+fn range_response(op: &pb::ResponseOp) -> &pb::response_op::Range {
+    match &op.response {
+        Some(pb::response_op::Response::ResponseRange(range)) => range,
+        other => panic!("not a range response: {other:?}"),
+    }
+}
+
+const LARGE_VALUE_BYTES: usize = 1900 * 1024;
+
+fn keys_of(view: &armada_table::ReadView) -> Vec<String> {
+    let mut query = all();
+    query.keys_only = true;
+    let outcome = view.range(&query).unwrap();
+    assert!(!outcome.more);
+    outcome
+        .kvs
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect()
+}
+
+fn value_of(view: &armada_table::ReadView, key: &str) -> Bytes {
+    let query = RangeQuery::new(Bytes::copy_from_slice(key.as_bytes()), RangeEnd::Single);
+    view.range(&query).unwrap().kvs.remove(0).value
+}
+
+/// Three 1.9 MiB values: the case where a txn used to commit and then fail at the client.
+fn table_with_three_large_values(storage: &Storage, role: armada_table::TableRole) -> Table {
+    let table = Table::open_as(storage, TableId(10001), role).unwrap();
+    if role == armada_table::TableRole::Leader {
+        let puts: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .map(|key| put(key, vec![b'v'; LARGE_VALUE_BYTES]))
+            .collect();
+        apply(&table, 4, &puts);
+    }
+    table
+}
+
+#[test]
+fn txn_ranges_share_one_response_budget_and_say_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path()).unwrap();
+    let table = table_with_three_large_values(&storage, armada_table::TableRole::Leader);
+    let command = txn(
+        Vec::new(),
+        vec![
+            op_put("d", b"small".to_vec(), false),
+            op_range_all(),
+            op_range_all(),
+        ],
+    );
+    let outcome = apply(&table, 5, &[command]);
+    let ApplyOutcome::Applied { result, succeeded } = &outcome[0] else {
+        panic!("refused: {outcome:?}")
+    };
+    assert!(succeeded);
+    assert!(txn_response_bytes(result) < MAX_RESPONSE_BYTES);
+    let first = range_response(&result.responses[1]);
+    assert_eq!((first.kvs.len(), first.more, first.count), (2, true, 2));
+    let second = range_response(&result.responses[2]);
+    assert_eq!((second.kvs.len(), second.more, second.count), (0, true, 0));
+    // The write took effect, and the same ranges read alone are complete again.
+    let view = table.read_view();
+    assert_eq!(keys_of(&view), ["a", "b", "c", "d"]);
+    let read_only = pb::Txn {
+        compare: Vec::new(),
+        success: vec![op_range_all(), op_range_all()],
+        failure: Vec::new(),
+    };
+    let outcome = view.txn_read_only(&read_only).unwrap();
+    let bytes: usize = outcome.responses.iter().map(Message::encoded_len).sum();
+    assert!(bytes < MAX_RESPONSE_BYTES);
+    assert!(range_response(&outcome.responses[0]).more);
+    assert!(range_response(&outcome.responses[1]).more);
+}
+
+#[test]
+fn a_txn_whose_prev_kvs_cannot_fit_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path()).unwrap();
+    let table = table_with_three_large_values(&storage, armada_table::TableRole::Leader);
+    let before = table.read_view();
+    let command = txn(
+        Vec::new(),
+        vec![
+            op_put("new", b"x".to_vec(), false),
+            op_put("a", b"1".to_vec(), true),
+            op_put("b", b"2".to_vec(), true),
+            op_put("c", b"3".to_vec(), true),
+        ],
+    );
+    // In one batch with a write before and after it: those apply, the txn does not.
+    let outcome = apply(
+        &table,
+        7,
+        &[
+            put("before", b"1".to_vec()),
+            command,
+            put("after", b"1".to_vec()),
+        ],
+    );
+    let ApplyOutcome::Rejected(message) = &outcome[1] else {
+        panic!("applied: {:?}", outcome[1])
+    };
+    assert!(
+        message.contains(&MAX_RESPONSE_BYTES.to_string()),
+        "{message}"
+    );
+    assert!(matches!(outcome[0], ApplyOutcome::Applied { .. }));
+    assert!(matches!(outcome[2], ApplyOutcome::Applied { .. }));
+    let after = table.read_view();
+    assert_eq!(keys_of(&after), ["a", "after", "b", "before", "c"]);
+    for key in ["a", "b", "c"] {
+        assert_eq!(
+            value_of(&before, key),
+            value_of(&after, key),
+            "{key} unchanged"
+        );
+    }
+
+    // Two of them fit: applied. A delete's prev_kvs are cut, `deleted` stays exact.
+    let command = txn(
+        Vec::new(),
+        vec![
+            op_put("a", b"1".to_vec(), true),
+            op_put("b", b"2".to_vec(), true),
+            op_delete_all(true),
+        ],
+    );
+    let outcome = apply(&table, 8, &[command]);
+    let ApplyOutcome::Applied { result, .. } = &outcome[0] else {
+        panic!("refused: {outcome:?}")
+    };
+    assert!(txn_response_bytes(result) < MAX_RESPONSE_BYTES);
+    let Some(pb::response_op::Response::ResponseDeleteRange(deleted)) =
+        &result.responses[2].response
+    else {
+        panic!("not a delete response")
+    };
+    assert_eq!(deleted.deleted, 5);
+    assert!(deleted.prev_kvs.len() < 5, "c's 1.9 MiB cannot fit");
+    assert!(keys_of(&table.read_view()).is_empty());
+}
+
+#[test]
+fn a_follower_refuses_a_replicated_txn_exactly_as_its_leader_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path()).unwrap();
+    let table = table_with_three_large_values(&storage, armada_table::TableRole::Follower);
+    let replicated = |index: u64, mut command: pb::Command| {
+        command.leader_index = Some(index);
+        command
+    };
+    let mut nested: Vec<pb::Command> = ["a", "b", "c"]
+        .iter()
+        .zip(1..)
+        .map(|(key, index)| replicated(index, put(key, vec![b'v'; LARGE_VALUE_BYTES])))
+        .collect();
+    let refused = txn(
+        Vec::new(),
+        vec![
+            op_put("a", b"1".to_vec(), true),
+            op_put("b", b"2".to_vec(), true),
+            op_put("c", b"3".to_vec(), true),
+        ],
+    );
+    nested.push(replicated(4, refused));
+    nested.push(replicated(5, put("after", b"1".to_vec())));
+    let sequence = pb::Command {
+        r#type: CommandType::Sequence as i32,
+        sequence: nested,
+        ..Default::default()
+    };
+    let outcome = apply(&table, 2, &[sequence]);
+    assert!(
+        matches!(outcome[0], ApplyOutcome::Applied { .. }),
+        "{outcome:?}"
+    );
+    let view = table.read_view();
+    assert_eq!(keys_of(&view), ["a", "after", "b", "c"]);
+    for key in ["a", "b", "c"] {
+        assert_eq!(
+            value_of(&view, key).len(),
+            LARGE_VALUE_BYTES,
+            "{key} unchanged"
+        );
+    }
+    assert_eq!(
+        table.applied_position().unwrap().leader_index,
+        Some(LeaderIndex(5))
+    );
+}
+
+/// A table's size counts what it holds before any memtable is flushed (it was 0 for tables
+/// of tens of MB) and after a restart, when the memtables are rebuilt from the journal.
+#[test]
+fn disk_bytes_count_unflushed_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path()).unwrap();
+    let table = Table::open(&storage, TableId(10001)).unwrap();
+    let before = table.disk_bytes();
+    // Different values, so that a flush could not compress them away.
+    let commands: Vec<_> = (0..100u64)
+        .map(|index| {
+            let value: Vec<u8> = (0..20_000u64)
+                .map(|byte| (byte.wrapping_mul(index + 31) >> 3) as u8)
+                .collect();
+            put(&format!("key{index:03}"), value)
+        })
+        .collect();
+    apply(&table, 101, &commands);
+    let written = 100 * 20_000;
+    let after = table.disk_bytes() - before;
+    // Latest and history both hold every value.
+    assert!(after >= 2 * written, "{after} < {}", 2 * written);
+    assert!(after < 3 * written, "{after}");
+    storage.sync().unwrap();
+    drop(table);
+    drop(storage);
+
+    let storage = Storage::open(dir.path()).unwrap();
+    let table = Table::open(&storage, TableId(10001)).unwrap();
+    assert!(table.disk_bytes() >= 2 * written, "{}", table.disk_bytes());
+}

@@ -122,8 +122,12 @@ impl ClusterService {
             .then(|| to_struct(self.node.config.flat_redacted()));
         Ok(StatusResponse {
             id: self.node.node_id.to_string(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            info: String::new(),
+            version: crate::build_info::VERSION.to_string(),
+            info: format!(
+                "{}, cluster {}",
+                crate::build_info::description(),
+                self.node.config.cluster.name
+            ),
             tables,
             config,
             errors,
@@ -170,7 +174,7 @@ impl Cluster for ClusterService {
                 })
                 .collect();
             Ok(MemberListResponse {
-                cluster: "default".into(),
+                cluster: self.node.config.cluster.name.clone(),
                 members,
             })
         })

@@ -276,10 +276,8 @@ async fn receive_info(
             "the first message of a restore must be info{table}",
         ));
     };
-    let name = validate::table(&info.table)?;
-    validate::new_table_name(&name)
-        .map_err(|error| ApiError::invalid(format!("info.table: {error}")))?;
-    Ok(name)
+    // The message names the field as `table …`; here it is `info.table`.
+    validate::table(&info.table).map_err(|error| ApiError::invalid(format!("info.{error}")))
 }
 
 /// Appends every chunk to `spool` and makes it durable; returns the number of bytes.

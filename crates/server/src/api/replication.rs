@@ -229,7 +229,7 @@ fn replicate_response(table: &Bytes, event: LogEvent) -> Result<ReplicateRespons
         }),
         LogEvent::LeaderBehind => Ok(error_message(ReplicateError::LeaderBehind)),
         LogEvent::UseSnapshot => Ok(error_message(ReplicateError::UseSnapshot)),
-        LogEvent::TableDeleted => Err(ApiError::TableNotFound.into()),
+        LogEvent::TableDeleted => Err(ApiError::NotFound("the table was deleted".into()).into()),
         LogEvent::Failed(message) => Err(ApiError::Internal(message).into()),
     }
 }

@@ -12,23 +12,34 @@ pub const MAX_TXN_COMPARES: usize = 128;
 pub const MAX_TXN_OPS: usize = 128;
 pub const MAX_TABLE_NAME_BYTES: usize = 255;
 
-/// The table name of a KV request. Names that could never have been created are simply not
-/// found; only an empty one is an argument error.
+/// The table name of a request (`table` field): a name no table can have is an argument error,
+/// not an unknown table, so a client learns that its request is wrong rather than waiting for
+/// a table to appear.
 pub fn table(table: &[u8]) -> Result<String, ApiError> {
-    if table.is_empty() {
-        return Err(ApiError::invalid("table must be set"));
-    }
-    Ok(String::from_utf8_lossy(table).into_owned())
+    let name = std::str::from_utf8(table).map_err(|_| {
+        ApiError::invalid(format!(
+            "table must be 1..={MAX_TABLE_NAME_BYTES} bytes of [A-Za-z0-9._-], got {} bytes \
+             that are not UTF-8",
+            table.len()
+        ))
+    })?;
+    table_name("table", name)?;
+    Ok(name.to_string())
 }
 
 /// A table name for `Tables.Create`: 1..=255 bytes of `[A-Za-z0-9._-]`.
 pub fn new_table_name(name: &str) -> Result<(), ApiError> {
+    table_name("name", name)
+}
+
+/// A table name in `field`: 1..=255 bytes of `[A-Za-z0-9._-]`.
+fn table_name(field: &str, name: &str) -> Result<(), ApiError> {
     if name.is_empty() {
-        return Err(ApiError::invalid("name must be set"));
+        return Err(ApiError::invalid(format!("{field} must be set")));
     }
     if name.len() > MAX_TABLE_NAME_BYTES {
         return Err(ApiError::invalid(format!(
-            "name must be at most {MAX_TABLE_NAME_BYTES} bytes, got {}",
+            "{field} must be at most {MAX_TABLE_NAME_BYTES} bytes, got {}",
             name.len()
         )));
     }
@@ -37,7 +48,7 @@ pub fn new_table_name(name: &str) -> Result<(), ApiError> {
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
         return Err(ApiError::invalid(format!(
-            "name may contain only letters, digits, '.', '_' and '-' (found {bad:?})"
+            "{field} may contain only letters, digits, '.', '_' and '-' (found {bad:?})"
         )));
     }
     Ok(())
@@ -256,6 +267,16 @@ mod tests {
         assert!(new_table_name("").is_err());
         assert!(new_table_name("a/b").is_err());
         assert!(new_table_name("ä").is_err());
+        // KV requests: a name no table can have is InvalidArgument, naming the field.
+        assert!(table(b"a-b_c.1").is_ok());
+        for bad in [&b""[..], b"\xff\xfe", &[b'a'; 256], b"a b"] {
+            let error = table(bad).expect_err("invalid table name");
+            assert!(
+                matches!(&error, ApiError::InvalidArgument(m) if m.starts_with("table ")),
+                "{error:?}"
+            );
+        }
+        assert!(table(&[b'a'; 255]).is_ok());
     }
 
     #[test]

@@ -93,7 +93,7 @@ impl PeerHandler {
                 let node = self.node()?;
                 Ok(PeerResponse::NodeInfo {
                     node_id: node.node_id.get(),
-                    api_address: node.config.api.advertise_address.clone(),
+                    api_address: node.api_advertise_address(),
                 })
             }
         }

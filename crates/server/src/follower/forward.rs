@@ -123,7 +123,7 @@ impl Follower {
         let group = loop {
             match node.table(&name).await {
                 Ok(group) => break group,
-                Err(ApiError::TableNotFound | ApiError::Unavailable(_))
+                Err(ApiError::TableNotFound(_) | ApiError::Unavailable(_))
                     if tokio::time::Instant::now() + TABLE_APPEAR_PAUSE < deadline =>
                 {
                     tokio::time::sleep(TABLE_APPEAR_PAUSE).await;

@@ -240,7 +240,7 @@ async fn remove_vanished(
             node.delete_table(name, deadline)
                 .await
                 .or_else(|error| match error {
-                    crate::error::ApiError::TableNotFound => Ok(()),
+                    crate::error::ApiError::TableNotFound(_) => Ok(()),
                     error => Err(error),
                 })
                 .map_err(|error| format!("deleting table {name}: {error}"))?;

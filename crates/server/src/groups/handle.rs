@@ -120,9 +120,24 @@ impl GroupHandle {
         with_raft!(self, raft => raft.install_full_snapshot(vote, snapshot).await.map_err(failed))
     }
 
+    /// Counts `count` writes proposed to a table group's Raft on this node
+    /// (`armada_raft_proposals_total`). Counted when handed to openraft, whatever the outcome:
+    /// a replica that turns out not to lead answers `NotLeader` for them.
+    fn count_proposals(&self, count: usize) {
+        if let GroupHandle::Table(group) = self {
+            metrics::counter!(
+                "armada_raft_proposals_total",
+                "table" => group.name.clone(),
+                "shard_id" => group.id.to_string()
+            )
+            .increment(count as u64);
+        }
+    }
+
     /// Proposes on this replica, which must be the Raft leader; `NotLeader` says who is.
     pub async fn write_here(&self, request: Request) -> Result<(u64, Response), PeerError> {
         use openraft::error::{ClientWriteError, RaftError};
+        self.count_proposals(1);
         let result = with_raft!(self, raft => raft.client_write(request).await);
         match result {
             Ok(response) => Ok((response.log_id.index, response.data)),
@@ -145,6 +160,7 @@ impl GroupHandle {
         use futures::StreamExt;
         use openraft::error::ClientWriteError;
         let count = requests.len();
+        self.count_proposals(count);
         let stream = with_raft!(self, raft => raft.client_write_many(requests).await);
         let mut stream = stream.map_err(failed)?;
         let mut outcomes = Vec::with_capacity(count);

@@ -162,6 +162,14 @@ impl LogEngine {
         self.lock().log_bytes(group.get())
     }
 
+    /// How many times a group's replica on this node moved to a higher term since the node
+    /// started (`armada_raft_elections_total`): each term begins with one election, won or
+    /// not, so this counts the elections the replica took part in (started by it or by a
+    /// peer). With pre-vote, a node that could not win does not start one.
+    pub fn group_term_changes(&self, group: TableId) -> u64 {
+        self.lock().term_changes(group.get())
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().expect("Raft log state lock poisoned")
     }
@@ -463,7 +471,7 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
         {
             let mut state = self.engine.lock();
             state.write_record(Kind::Vote, self.group.get(), |out| out.put_slice(&json));
-            state.set_vote(self.group.get(), *vote);
+            state.save_vote(self.group.get(), *vote);
         }
         self.engine.wait_durable().await
     }

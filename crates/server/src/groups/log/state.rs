@@ -92,6 +92,9 @@ struct GroupState {
     /// Decoded entries for the last `cache.len()` slots, with their encoded sizes.
     cache: VecDeque<(Entry, usize)>,
     vote: Option<Vote>,
+    /// Times a vote of a higher term was saved since the node started (not rebuilt from the
+    /// log on start-up): the elections this replica took part in.
+    term_changes: u64,
     committed: Option<LogId>,
     purged: Option<LogId>,
     log_bytes: u64,
@@ -702,6 +705,23 @@ impl State {
     pub fn set_vote(&mut self, group: u64, vote: Vote) {
         self.destroyed.remove(&group);
         self.groups.entry(group).or_default().vote = Some(vote);
+    }
+
+    /// Saves a vote openraft made (not one replayed from the log): as [`Self::set_vote`], and
+    /// counts a change of term.
+    pub fn save_vote(&mut self, group: u64, vote: Vote) {
+        let previous_term = self.vote(group).map(|vote| vote.leader_id.term);
+        if previous_term.is_none_or(|term| vote.leader_id.term > term) {
+            self.groups.entry(group).or_default().term_changes += 1;
+        }
+        self.set_vote(group, vote);
+    }
+
+    /// Term changes saved for `group` since the node started (see [`Self::save_vote`]).
+    pub fn term_changes(&self, group: u64) -> u64 {
+        self.groups
+            .get(&group)
+            .map_or(0, |state| state.term_changes)
     }
 
     pub fn committed(&self, group: u64) -> Option<LogId> {

@@ -950,3 +950,35 @@ mod model {
         }
     }
 }
+
+/// `armada_raft_elections_total` counts the terms a replica moves to: a vote of a higher term
+/// counts once, the same term again (granted, committed, re-saved) does not, and votes
+/// replayed from the log at start-up do not either.
+#[tokio::test]
+async fn saved_votes_count_term_changes_since_start() {
+    let fixture = Fixture::new();
+    let group = TableId(10001);
+    {
+        let engine = fixture.open(Options::default());
+        let mut log = engine.group(group);
+        assert_eq!(engine.group_term_changes(group), 0);
+        for (vote, changes) in [
+            (Vote::new(1, 1), 1),
+            (Vote::new_committed(1, 1), 1),
+            (Vote::new_committed(1, 1), 1),
+            (Vote::new(2, 2), 2),
+            (Vote::new_committed(2, 2), 2),
+            (Vote::new(5, 1), 3),
+        ] {
+            log.save_vote(&vote).await.expect("vote");
+            assert_eq!(engine.group_term_changes(group), changes, "{vote:?}");
+        }
+        assert_eq!(engine.group_term_changes(TableId(10002)), 0);
+    }
+    let engine = fixture.open(Options::default());
+    let mut log = engine.group(group);
+    assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(5, 1)));
+    assert_eq!(engine.group_term_changes(group), 0, "replayed votes count");
+    log.save_vote(&Vote::new(6, 2)).await.expect("vote");
+    assert_eq!(engine.group_term_changes(group), 1);
+}
