@@ -34,10 +34,16 @@ pub const API_SERVICES: [&str; 4] = [
 /// bootstrapped here once (SPEC §7, `/readyz`): a follower cut off from the leader cluster
 /// stays serving, its staleness is for metrics and alerts.
 pub fn serves_reads(node: &Node) -> bool {
-    node.is_ready()
-        && node
-            .follower()
-            .is_none_or(|follower| follower.bootstrapped().is_ok())
+    why_not_ready(node).is_none()
+}
+
+/// Why this node cannot serve reads yet (`None`: it can); the one readiness rule of `/readyz`
+/// and of the gRPC health service.
+pub fn why_not_ready(node: &Node) -> Option<String> {
+    if !node.is_ready() {
+        return Some("the node has not joined its cluster (no Raft leader yet)".into());
+    }
+    node.follower()?.bootstrapped().err()
 }
 
 /// The health service to mount and its reporter, every name NOT_SERVING (tonic-health starts

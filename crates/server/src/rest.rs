@@ -69,21 +69,15 @@ async fn ready(State(state): State<RestState>, RawQuery(query): RawQuery) -> (St
         Ok(bound) => bound,
         Err(message) => return (StatusCode::BAD_REQUEST, format!("{message}\n")),
     };
-    if !state.node.is_ready() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the node has not joined its cluster (no Raft leader yet)\n".into(),
-        );
-    }
-    let Some(follower) = state.node.follower() else {
-        return (StatusCode::OK, "ready\n".into());
-    };
-    if let Err(reason) = follower.bootstrapped() {
+    if let Some(reason) = crate::health::why_not_ready(&state.node) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {reason}\n"),
         );
     }
+    let Some(follower) = state.node.follower() else {
+        return (StatusCode::OK, "ready\n".into());
+    };
     let stale = follower.staleness(bound);
     let mut body = String::from("ready\n");
     for line in &stale {
