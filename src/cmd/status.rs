@@ -74,6 +74,12 @@ fn status_text(status: &StatusResponse) -> String {
     if !status.info.is_empty() {
         text.push_str(&format!("{}\n", status.info));
     }
+    if status.replication_seconds_since_contact > 0.0 {
+        text.push_str(&format!(
+            "last contact with the leader cluster: {:.1} s ago\n",
+            status.replication_seconds_since_contact
+        ));
+    }
     let tables = sorted_tables(status);
     if tables
         .iter()
@@ -134,6 +140,7 @@ fn table_grid(tables: &[(&String, &TableStatus)]) -> String {
             "applied leader index",
             "lag (entries)",
             "lag (seconds)",
+            "last contact (s ago)",
             "snapshot recoveries",
         ]);
         for (name, table_status) in replicated {
@@ -143,6 +150,7 @@ fn table_grid(tables: &[(&String, &TableStatus)]) -> String {
                 table_status.replication_applied_index.to_string(),
                 table_status.replication_lag_entries.to_string(),
                 format!("{:.3}", table_status.replication_lag_seconds),
+                format!("{:.1}", table_status.replication_seconds_since_contact),
                 table_status.replication_snapshot_recoveries.to_string(),
             ]);
         }
@@ -173,11 +181,12 @@ fn table_blocks(tables: &[(&String, &TableStatus)]) -> String {
         ));
         if is_replica(table) {
             text.push_str(&format!(
-                "  replication: leader index {}  applied leader index {}  lag {} entries, {:.3} s  snapshot recoveries {}\n",
+                "  replication: leader index {}  applied leader index {}  lag {} entries, {:.3} s  last contact {:.1} s ago  snapshot recoveries {}\n",
                 table.replication_leader_index,
                 table.replication_applied_index,
                 table.replication_lag_entries,
                 table.replication_lag_seconds,
+                table.replication_seconds_since_contact,
                 table.replication_snapshot_recoveries
             ));
         }
@@ -226,6 +235,7 @@ fn status_json(status: &StatusResponse) -> Value {
                     "applied_leader_index": table.replication_applied_index,
                     "lag_entries": table.replication_lag_entries,
                     "lag_seconds": table.replication_lag_seconds,
+                    "seconds_since_contact": table.replication_seconds_since_contact,
                     "snapshot_recoveries": table.replication_snapshot_recoveries,
                 })),
             });
@@ -248,6 +258,8 @@ fn status_json(status: &StatusResponse) -> Value {
         "tables": tables,
         "config": config,
         "errors": status.errors,
+        "replication_seconds_since_contact": status
+            .replication_seconds_since_contact,
     })
 }
 
@@ -355,7 +367,28 @@ mod tests {
             .collect();
         assert!(positions.windows(2).all(|pair| pair[0] < pair[1]), "{text}");
         assert!(text.contains("error: table b: no leader"));
+        assert!(
+            !text.contains("last contact"),
+            "a leader-cluster node: {text}"
+        );
+
+        // A follower's staleness: seconds since it last heard from the leader cluster.
+        status.replication_seconds_since_contact = 42.25;
+        let replica = status.tables.get_mut("a").unwrap();
+        replica.replication_leader_index = 7;
+        replica.replication_seconds_since_contact = 41.5;
+        let text = status_text(&status);
+        assert!(
+            text.contains("last contact with the leader cluster: 42.2 s ago"),
+            "{text}"
+        );
+        assert!(text.contains("41.5"), "{text}");
         let json = status_json(&status);
+        assert_eq!(json["replication_seconds_since_contact"], 42.25);
+        assert_eq!(
+            json["tables"]["a"]["replication"]["seconds_since_contact"],
+            41.5
+        );
         let names: Vec<&String> = json["tables"].as_object().unwrap().keys().collect();
         assert_eq!(names, ["a", "b", "c"]);
     }
