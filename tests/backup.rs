@@ -1368,19 +1368,6 @@ fn measured_cli(address: &str, args: &[&str], server: u32) -> Measured {
     }
 }
 
-/// The values of the large-table run: incompressible, reproducible from the key.
-fn large_value(index: u64, bytes: usize) -> Vec<u8> {
-    let mut state = index.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..bytes)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
 /// A table of `ARMADA_BACKUP_BENCH_MB` (default 500) MiB: restore (from a hand-written
 /// Regatta-layout directory) then backup, with throughput and peak RSS of server and CLI.
 /// Not in CI: run `bench/backup-restore.sh`.
@@ -1410,7 +1397,7 @@ async fn large_table_round_trip_with_flat_memory() {
         writer.put(
             "large",
             format!("key/{index:010}").as_bytes(),
-            &large_value(index, VALUE_BYTES),
+            &common::incompressible(index, VALUE_BYTES),
         );
     }
     drop(writer.finish());
@@ -1447,7 +1434,7 @@ async fn large_table_round_trip_with_flat_memory() {
     regatta_dump::read_commands(std::io::BufReader::new(file), |command| {
         let kv = command.kv.expect("kv");
         assert_eq!(kv.key.as_ref(), format!("key/{next:010}").as_bytes());
-        assert!(kv.value.as_ref() == large_value(next, VALUE_BYTES).as_slice());
+        assert!(kv.value.as_ref() == common::incompressible(next, VALUE_BYTES).as_slice());
         next += 1;
     });
     assert_eq!(next, keys);

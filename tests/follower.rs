@@ -8,22 +8,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use armada_proto::regatta::v1::{
-    DeleteTableRequest, RangeRequest, StatusRequest, StatusResponse, TableStatus,
-};
-use common::{Armada, Cluster, get, put};
+use armada_proto::regatta::v1::{DeleteTableRequest, RangeRequest, TableStatus};
+use common::{Armada, Cluster, get, put, status};
 use tonic::Code;
 
 const CONVERGE_DEADLINE: Duration = Duration::from_secs(60);
-
-async fn status(node: &Armada) -> Option<StatusResponse> {
-    let mut cluster = node.cluster().await;
-    cluster
-        .status(StatusRequest { config: false })
-        .await
-        .ok()
-        .map(|response| response.into_inner())
-}
 
 async fn table_status(node: &Armada, table: &str) -> Option<TableStatus> {
     status(node).await?.tables.get(table).cloned()

@@ -7,21 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use armada_proto::regatta::v1::{
-    DeleteTableRequest, ListTablesRequest, StatusRequest, StatusResponse,
-};
-use common::{Armada, Cluster, get, put};
+use armada_proto::regatta::v1::{DeleteTableRequest, ListTablesRequest, StatusResponse};
+use common::{Armada, Cluster, get, put, status};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-async fn status(node: &Armada) -> Option<StatusResponse> {
-    let mut cluster = node.cluster().await;
-    cluster
-        .status(StatusRequest { config: false })
-        .await
-        .ok()
-        .map(|response| response.into_inner())
-}
 
 /// Waits until `check` holds for the node's Status; returns that Status.
 async fn wait_status(

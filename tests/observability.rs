@@ -5,7 +5,7 @@
 mod common;
 
 use armada_proto::regatta::v1::StatusRequest;
-use common::{Armada, http_get, put};
+use common::{Armada, http_get, incompressible, put};
 
 /// The value of the first sample of `name` whose labels contain every `labels` pair.
 fn metric(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -26,19 +26,6 @@ fn metrics(armada: &Armada) -> String {
     let (status, body) = http_get(&armada.rest, "/metrics");
     assert_eq!(status, 200, "{body}");
     body
-}
-
-/// Values that do not compress, so that a flushed table is not smaller than what was written.
-fn incompressible(seed: u64, bytes: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..bytes)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 /// A table holding a few MB (less than a memtable, so nothing is flushed yet) reported a

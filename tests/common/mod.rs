@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use armada_proto::regatta::v1::cluster_client::ClusterClient;
 use armada_proto::regatta::v1::kv_client::KvClient;
 use armada_proto::regatta::v1::tables_client::TablesClient;
-use armada_proto::regatta::v1::{CreateTableRequest, PutRequest, RangeRequest};
+use armada_proto::regatta::v1::{
+    CreateTableRequest, PutRequest, RangeRequest, StatusRequest, StatusResponse,
+};
 use tonic::transport::Channel;
 
 pub const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
@@ -289,6 +291,30 @@ fn keep_dirs(temp: &mut Option<tempfile::TempDir>) {
     {
         eprintln!("test data kept in {}", temp.keep().display());
     }
+}
+
+/// The node's `Cluster.Status` (without its configuration), `None` while it does not answer.
+pub async fn status(node: &Armada) -> Option<StatusResponse> {
+    let mut cluster = node.cluster().await;
+    cluster
+        .status(StatusRequest { config: false })
+        .await
+        .ok()
+        .map(|response| response.into_inner())
+}
+
+/// `bytes` bytes that do not compress (xorshift from `seed`), reproducible from the seed: so
+/// that stored sizes are not smaller than what was written.
+pub fn incompressible(seed: u64, bytes: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..bytes)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
 }
 
 pub fn put(table: &str, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> PutRequest {
