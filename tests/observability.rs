@@ -74,6 +74,11 @@ async fn status_and_metrics_report_the_tables_real_size() {
     let journal = metric(&body, "armada_storage_journal_bytes", &[]).expect("journal metric");
     assert!(journal >= written, "armada_storage_journal_bytes {journal}");
     assert!(metric(&body, "armada_storage_compactions_total", &[]).is_some());
+    // Counted per table too (nothing is compacted yet: no memtable has been flushed).
+    for table in ["sized", "empty"] {
+        let compactions = metric(&body, "armada_table_compactions_total", &[("table", table)]);
+        assert_eq!(compactions, Some(0.0), "{table}");
+    }
 }
 
 /// `armada version` (text and JSON), Status and `armada_build_info` name the same version and

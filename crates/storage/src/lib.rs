@@ -7,6 +7,7 @@
 //!
 //! This crate is synchronous and knows nothing of tokio, gRPC or Raft.
 
+mod compaction_count;
 pub mod ids;
 pub mod mvcc;
 
@@ -14,6 +15,9 @@ pub use fjall;
 pub use ids::*;
 
 use std::path::Path;
+use std::sync::Arc;
+
+use compaction_count::CompactionCounts;
 
 /// Errors of the storage layer. IO errors are not recoverable by the caller: a node that
 /// cannot write its storage stops (fail-stop).
@@ -40,6 +44,7 @@ pub const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
 #[derive(Clone)]
 pub struct Storage {
     db: fjall::Database,
+    compactions: Arc<CompactionCounts>,
 }
 
 impl Storage {
@@ -48,10 +53,13 @@ impl Storage {
     /// The journal is persisted manually: the Raft log writer fsyncs it once per batch of
     /// appends (group commit), which also covers every state-machine write before it.
     pub fn open(dir: &Path) -> Result<Self> {
+        let compactions = Arc::new(CompactionCounts::default());
+        let counts = compactions.clone();
         let db = fjall::Database::builder(dir)
             .manual_journal_persist(true)
+            .with_compaction_filter_factories(Arc::new(move |name| Some(counts.factory(name))))
             .open()?;
-        Ok(Storage { db })
+        Ok(Storage { db, compactions })
     }
 
     /// The underlying database, for modules that own a keyspace layout of their own.
@@ -91,6 +99,12 @@ impl Storage {
     pub fn compactions_completed(&self) -> u64 {
         self.db.compactions_completed() as u64
     }
+
+    /// Merge compactions started since the database was opened in the keyspaces whose names
+    /// start with `prefix` (e.g. every keyspace of one table, of every generation).
+    pub fn compactions_with_prefix(&self, prefix: &str) -> u64 {
+        self.compactions.with_prefix(prefix)
+    }
 }
 
 /// Bytes a keyspace holds: its tables (SSTs and blob files) on disk plus its active memtable.
@@ -118,6 +132,33 @@ mod tests {
 
     /// Writes below the memtable size were counted as 0 bytes (only SSTs were): a table
     /// holding 25 MB reported a size of 0. Now they count before the flush and after it.
+    #[test]
+    fn compactions_are_counted_per_keyspace() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path()).expect("open");
+        let compacted = storage.keyspace("t7.g0.latest").expect("keyspace");
+        let untouched = storage.keyspace("t70.g0.latest").expect("keyspace");
+        for round in 0..3u32 {
+            for index in 0..100u32 {
+                compacted
+                    .insert(index.to_be_bytes(), round.to_be_bytes())
+                    .expect("insert");
+            }
+            compacted.rotate_memtable_and_wait().expect("flush");
+        }
+        untouched.insert(b"k", b"v").expect("insert");
+        assert_eq!(storage.compactions_with_prefix("t7."), 0);
+        compacted.major_compact().expect("compact");
+        assert!(storage.compactions_with_prefix("t7.") >= 1);
+        assert_eq!(storage.compactions_with_prefix("t70."), 0);
+        // The filter keeps everything: the newest round is what remains.
+        let value = compacted
+            .get(5u32.to_be_bytes())
+            .expect("get")
+            .expect("kept");
+        assert_eq!(value.as_ref(), 2u32.to_be_bytes());
+    }
+
     #[test]
     fn keyspace_bytes_count_writes_before_and_after_the_flush() {
         let dir = tempfile::tempdir().expect("tempdir");

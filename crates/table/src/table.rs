@@ -631,6 +631,12 @@ impl Table {
                 .map_or(0, |staging| generation_bytes(&staging.generation))
     }
 
+    /// Merge compactions of this table's keyspaces (every generation's) since the node started.
+    pub fn compactions(&self) -> u64 {
+        let prefix = keyspace_name(&owner(self.inner.id), "");
+        self.inner.storage.compactions_with_prefix(&prefix)
+    }
+
     fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.inner.state.read().expect("table state lock poisoned")
     }
