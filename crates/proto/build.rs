@@ -1,5 +1,5 @@
 //! Compiles `proto/` with protox (pure Rust, so no `protoc` is needed) and generates prost
-//! messages plus tonic clients and servers, and the encoded descriptor set of the API port's
+//! messages plus, with the `grpc` feature, tonic clients and servers, and the encoded descriptor set of the API port's
 //! services for gRPC server reflection (`API_FILE_DESCRIPTOR_SET`).
 
 use std::path::PathBuf;
@@ -19,8 +19,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let descriptors = protox::compile(files, [&root])?;
     write_api_descriptor_set(&descriptors)?;
+    // Services (tonic) only with the `grpc` feature; the messages always.
+    let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
     tonic_prost_build::configure()
         .bytes(".")
+        .build_client(grpc)
+        .build_server(grpc)
         .codec_path("crate::codec::WireCodec")
         .compile_fds(descriptors)?;
     Ok(())

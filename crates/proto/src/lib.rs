@@ -4,6 +4,7 @@
 
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 
+#[cfg(feature = "grpc")]
 pub mod codec;
 
 /// Encoded `FileDescriptorSet` of the services the API port serves (and every message they
@@ -13,36 +14,36 @@ pub const API_FILE_DESCRIPTOR_SET: &[u8] =
 
 pub mod mvcc {
     pub mod v1 {
-        tonic::include_proto!("mvcc.v1");
+        include!(concat!(env!("OUT_DIR"), "/mvcc.v1.rs"));
     }
 }
 
 pub mod regatta {
     pub mod v1 {
-        tonic::include_proto!("regatta.v1");
+        include!(concat!(env!("OUT_DIR"), "/regatta.v1.rs"));
     }
 }
 
 pub mod replication {
     pub mod v1 {
-        tonic::include_proto!("replication.v1");
+        include!(concat!(env!("OUT_DIR"), "/replication.v1.rs"));
     }
 }
 
 pub mod maintenance {
     pub mod v1 {
-        tonic::include_proto!("maintenance.v1");
+        include!(concat!(env!("OUT_DIR"), "/maintenance.v1.rs"));
     }
 }
 
 /// Armada additions (`armada.v1`), beyond Regatta's wire contract.
 pub mod armada {
     pub mod v1 {
-        tonic::include_proto!("armada.v1");
+        include!(concat!(env!("OUT_DIR"), "/armada.v1.rs"));
     }
 }
 
 /// The etcd v3 KV subset used by `armada bench` to drive etcd for comparison.
 pub mod etcd {
-    tonic::include_proto!("etcdserverpb");
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
 }
