@@ -1,7 +1,5 @@
 //! Errors of the request path and their one mapping to gRPC status codes.
 
-use crate::groups::types::TypeConfig;
-
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -35,56 +33,6 @@ pub enum ApiError {
 impl ApiError {
     pub fn invalid(message: impl Into<String>) -> Self {
         ApiError::InvalidArgument(message.into())
-    }
-
-    /// A failed proposal. Leadership and shutdown problems are transient (`Unavailable`), so
-    /// clients retry them; a fatal Raft error means this replica stopped.
-    pub fn from_raft_write(
-        error: openraft::error::RaftError<
-            TypeConfig,
-            openraft::error::ClientWriteError<TypeConfig>,
-        >,
-    ) -> Self {
-        use openraft::error::{ClientWriteError, RaftError};
-        match error {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
-                ApiError::Unavailable(format!(
-                    "not the Raft leader of this group (leader: {:?})",
-                    forward.leader_id
-                ))
-            }
-            RaftError::APIError(ClientWriteError::LogEntryDiscarded(error)) => {
-                ApiError::Unavailable(format!(
-                    "the write was discarded by a leader change, its outcome is unknown: {error}"
-                ))
-            }
-            RaftError::APIError(ClientWriteError::PreconditionFailed(error)) => {
-                ApiError::Unavailable(format!("Raft leadership changed: {error}"))
-            }
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(error)) => {
-                ApiError::FailedPrecondition(error.to_string())
-            }
-            RaftError::Fatal(fatal) => {
-                ApiError::Unavailable(format!("Raft group stopped: {fatal}"))
-            }
-        }
-    }
-
-    pub fn from_raft_read(
-        error: openraft::error::RaftError<
-            TypeConfig,
-            openraft::error::LinearizableReadError<TypeConfig>,
-        >,
-    ) -> Self {
-        use openraft::error::RaftError;
-        match error {
-            RaftError::APIError(error) => {
-                ApiError::Unavailable(format!("linearizable read failed: {error}"))
-            }
-            RaftError::Fatal(fatal) => {
-                ApiError::Unavailable(format!("Raft group stopped: {fatal}"))
-            }
-        }
     }
 
     pub fn from_table(error: armada_table::TableError) -> Self {

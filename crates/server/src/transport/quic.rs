@@ -303,13 +303,6 @@ impl QuicTransport {
         }
     }
 
-    /// Forgets a peer; an existing connection to it is closed.
-    pub fn remove_peer(&self, peer: PeerId) {
-        if let Some(previous) = lock(&self.links).remove(&peer) {
-            previous.close();
-        }
-    }
-
     /// How many peers have an established incoming connection to this node.
     pub fn inbound_connection_count(&self) -> usize {
         lock(&self.inbound.connections).len()
