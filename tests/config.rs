@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use armada_proto::regatta::v1::{ListTablesRequest, MemberListRequest, StatusRequest};
+use armada_proto::regatta::v1::{ListTablesRequest, StatusRequest};
 use common::Armada;
 
 /// `armada leader` with loopback addresses and `args`, run to its end (start-up must fail).
@@ -172,13 +172,7 @@ async fn a_node_reports_its_config_file_advertises_its_address_and_stops_without
         &["--config", config_flag, "--api.address", &api_flag],
     );
 
-    let members = node
-        .cluster()
-        .await
-        .member_list(MemberListRequest {})
-        .await
-        .expect("members")
-        .into_inner();
+    let members = common::members(&node).await;
     assert_eq!(members.cluster, "eu-west");
     assert_eq!(
         members.members[0].client_ur_ls,

@@ -3,7 +3,7 @@
 mod common;
 
 use armada_proto::regatta::v1::{
-    CreateTableRequest, DeleteTableRequest, ListTablesRequest, MemberListRequest, StatusRequest,
+    CreateTableRequest, DeleteTableRequest, ListTablesRequest, StatusRequest,
 };
 use common::{Armada, get, http_get, put};
 use tonic::Code;
@@ -189,13 +189,7 @@ async fn status_members_and_rest_endpoints() {
     assert!(table.log_size > 0 && table.db_size >= 0);
     assert_eq!(table.content_hash.len(), 64, "sha-256 hex");
 
-    let members = armada
-        .cluster()
-        .await
-        .member_list(MemberListRequest {})
-        .await
-        .expect("members")
-        .into_inner();
+    let members = common::members(&armada).await;
     assert_eq!(members.members.len(), 1);
     assert_eq!(members.members[0].id, "1");
 

@@ -12,7 +12,8 @@ use armada_proto::regatta::v1::cluster_client::ClusterClient;
 use armada_proto::regatta::v1::kv_client::KvClient;
 use armada_proto::regatta::v1::tables_client::TablesClient;
 use armada_proto::regatta::v1::{
-    CreateTableRequest, PutRequest, RangeRequest, StatusRequest, StatusResponse,
+    CreateTableRequest, MemberListRequest, MemberListResponse, PutRequest, RangeRequest,
+    StatusRequest, StatusResponse,
 };
 use tonic::transport::Channel;
 
@@ -301,6 +302,16 @@ pub async fn status(node: &Armada) -> Option<StatusResponse> {
         .await
         .ok()
         .map(|response| response.into_inner())
+}
+
+/// The node's `Cluster.MemberList`.
+pub async fn members(node: &Armada) -> MemberListResponse {
+    node.cluster()
+        .await
+        .member_list(MemberListRequest {})
+        .await
+        .expect("members")
+        .into_inner()
 }
 
 /// `bytes` bytes that do not compress (xorshift from `seed`), reproducible from the seed: so
