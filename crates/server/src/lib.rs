@@ -9,6 +9,7 @@ pub mod certificates;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod fail_stop;
 pub mod follower;
 pub mod groups;
 pub mod health;

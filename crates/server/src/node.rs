@@ -498,10 +498,9 @@ impl Node {
         let mut changes = self.catalog_state.clone();
         while changes.changed().await.is_ok() {
             if let Err(error) = self.reconcile().await {
-                // Fail-stop: a node that cannot open or delete a table's storage must not
-                // keep serving a catalog it does not reflect.
-                tracing::error!(%error, "reconciling table groups failed; stopping the node");
-                std::process::exit(70);
+                // A node that cannot open or delete a table's storage must not keep serving a
+                // catalog it does not reflect.
+                crate::fail_stop::stop("reconciling table groups", &error);
             }
         }
     }

@@ -173,8 +173,7 @@ fn temporary_path(path: &Path) -> PathBuf {
 /// A write to the log failed: what is on disk after the failure is unknown, so nothing written
 /// later may be acknowledged. Fail-stop, as for a failed fsync.
 pub(super) fn fatal(error: &io::Error, what: &str) -> ! {
-    tracing::error!(%error, "{what} of the Raft log failed; stopping the node");
-    std::process::exit(70);
+    crate::fail_stop::stop(&format!("{what} of the Raft log"), error)
 }
 
 impl State {
