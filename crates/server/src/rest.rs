@@ -17,6 +17,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
+use openraft::async_runtime::WatchReceiver;
 
 use crate::node::Node;
 
@@ -36,7 +37,7 @@ pub fn router(node: Arc<Node>, metrics: PrometheusHandle) -> Router {
 }
 
 async fn render_metrics(State(state): State<RestState>) -> String {
-    crate::telemetry::record_node_gauges(&state.node);
+    record_node_gauges(&state.node);
     if let Some(follower) = state.node.follower() {
         crate::follower::record_metrics(follower);
     }
@@ -95,6 +96,40 @@ async fn ready(State(state): State<RestState>, RawQuery(query): RawQuery) -> (St
         ),
         _ => (StatusCode::OK, body),
     }
+}
+
+/// Per-table and per-group gauges, sampled when `/metrics` is scraped.
+pub fn record_node_gauges(node: &Node) {
+    crate::build_info::record_metric();
+    for (name, group) in node.table_groups().iter() {
+        let labels = [("table", name.clone()), ("shard_id", group.id.to_string())];
+        let metrics = group.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        metrics::gauge!("armada_raft_term", &labels).set(metrics.current_term as f64);
+        metrics::gauge!("armada_raft_has_leader", &labels)
+            .set(f64::from(u8::from(metrics.current_leader.is_some())));
+        metrics::gauge!("armada_raft_is_leader", &labels).set(f64::from(u8::from(
+            metrics.current_leader == Some(node.node_id.get()),
+        )));
+        metrics::gauge!("armada_raft_last_log_index", &labels)
+            .set(metrics.last_log_index.unwrap_or(0) as f64);
+        metrics::gauge!("armada_raft_committed_index", &labels)
+            .set(metrics.cluster_committed.as_ref().map_or(0, |id| id.index) as f64);
+        metrics::gauge!("armada_raft_applied_index", &labels)
+            .set(metrics.last_applied.as_ref().map_or(0, |id| id.index) as f64);
+        metrics::counter!("armada_raft_elections_total", &labels)
+            .absolute(node.log_engine().group_term_changes(group.id));
+        metrics::gauge!("armada_table_disk_bytes", &labels).set(group.table.disk_bytes() as f64);
+        metrics::counter!("armada_table_compactions_total", &labels)
+            .absolute(group.table.compactions());
+        metrics::gauge!("armada_table_revision", &labels)
+            .set(group.table.read_view().position().revision.get() as f64);
+    }
+    metrics::gauge!("armada_storage_disk_bytes").set(node.storage.disk_space() as f64);
+    metrics::gauge!("armada_storage_journal_bytes").set(node.storage.journal_bytes() as f64);
+    // fjall's own count, over every keyspace (tables: armada_table_compactions_total).
+    metrics::counter!("armada_storage_compactions_total")
+        .absolute(node.storage.compactions_completed());
 }
 
 #[cfg(test)]

@@ -5,14 +5,11 @@
 //! entered on every thread of its runtime, so that the leader's and the follower's `/metrics`
 //! never merge (same table names, same gRPC methods, one series each otherwise).
 
-use openraft::async_runtime::WatchReceiver;
 use std::sync::Mutex;
 
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
-
-use crate::node::Node;
 
 /// The recorder of the server whose threads these are, when it has its own (see
 /// [`separate_registry`]); otherwise the process-wide one is used.
@@ -113,38 +110,4 @@ pub fn init_logging(level: &str, format: &str) {
     } else {
         builder.try_init()
     };
-}
-
-/// Per-table and per-group gauges, sampled when `/metrics` is scraped.
-pub fn record_node_gauges(node: &Node) {
-    crate::build_info::record_metric();
-    for (name, group) in node.table_groups().iter() {
-        let labels = [("table", name.clone()), ("shard_id", group.id.to_string())];
-        let metrics = group.raft.metrics();
-        let metrics = metrics.borrow_watched();
-        metrics::gauge!("armada_raft_term", &labels).set(metrics.current_term as f64);
-        metrics::gauge!("armada_raft_has_leader", &labels)
-            .set(f64::from(u8::from(metrics.current_leader.is_some())));
-        metrics::gauge!("armada_raft_is_leader", &labels).set(f64::from(u8::from(
-            metrics.current_leader == Some(node.node_id.get()),
-        )));
-        metrics::gauge!("armada_raft_last_log_index", &labels)
-            .set(metrics.last_log_index.unwrap_or(0) as f64);
-        metrics::gauge!("armada_raft_committed_index", &labels)
-            .set(metrics.cluster_committed.as_ref().map_or(0, |id| id.index) as f64);
-        metrics::gauge!("armada_raft_applied_index", &labels)
-            .set(metrics.last_applied.as_ref().map_or(0, |id| id.index) as f64);
-        metrics::counter!("armada_raft_elections_total", &labels)
-            .absolute(node.log_engine().group_term_changes(group.id));
-        metrics::gauge!("armada_table_disk_bytes", &labels).set(group.table.disk_bytes() as f64);
-        metrics::counter!("armada_table_compactions_total", &labels)
-            .absolute(group.table.compactions());
-        metrics::gauge!("armada_table_revision", &labels)
-            .set(group.table.read_view().position().revision.get() as f64);
-    }
-    metrics::gauge!("armada_storage_disk_bytes").set(node.storage.disk_space() as f64);
-    metrics::gauge!("armada_storage_journal_bytes").set(node.storage.journal_bytes() as f64);
-    // fjall's own count, over every keyspace (tables: armada_table_compactions_total).
-    metrics::counter!("armada_storage_compactions_total")
-        .absolute(node.storage.compactions_completed());
 }

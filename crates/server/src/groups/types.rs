@@ -42,7 +42,7 @@ pub enum Response {
     /// A command the state machine refused, deterministically, without changing anything.
     Rejected(String),
     /// A catalog command's answer.
-    Catalog(crate::catalog::CatalogOutcome),
+    Catalog(crate::catalog::state::CatalogOutcome),
 }
 
 // openraft's `serde` feature requires R: Serialize, but responses never leave the process
@@ -53,7 +53,7 @@ enum ResponseWire {
     Empty,
     Table { result: Vec<u8>, succeeded: bool },
     Rejected(String),
-    Catalog(crate::catalog::CatalogOutcome),
+    Catalog(crate::catalog::state::CatalogOutcome),
 }
 
 impl Serialize for Response {

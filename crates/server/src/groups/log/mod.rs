@@ -30,6 +30,7 @@
 //! Related: `state` (index, cache, segments, checkpoints and garbage collection), `record`
 //! (framing), ADR 0004 (why), `groups::table_sm` (snapshots make fjall durable).
 
+mod entry;
 mod record;
 mod state;
 #[cfg(test)]
@@ -44,21 +45,16 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use armada_storage::{Storage, TableId};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
+use openraft::OptionalSend;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::vote::RaftLeaderId;
-use openraft::{EntryPayload, OptionalSend};
 
+pub use self::entry::{decode_entry, encode_entry};
 use self::record::Kind;
 pub use self::state::Options;
 use self::state::{Fetch, Placed, State, SyncPlan, fatal};
-use super::types::{Entry, LogId, Request, TypeConfig, Vote};
-
-const ENTRY_FORMAT_V1: u8 = 1;
-const PAYLOAD_BLANK: u8 = 0;
-const PAYLOAD_NORMAL: u8 = 1;
-const PAYLOAD_MEMBERSHIP: u8 = 2;
+use super::types::{Entry, LogId, TypeConfig, Vote};
 
 /// Upper bound of completions run after one fsync, so a flood of appends still gets
 /// acknowledged in bounded batches.
@@ -364,62 +360,6 @@ impl GroupLog {
     pub fn first_index(&self) -> io::Result<Option<u64>> {
         Ok(self.engine.lock().first_index(self.group.get()))
     }
-}
-
-fn corrupt(detail: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, detail)
-}
-
-/// Encodes an entry: `format u8 ‖ term u64 ‖ leader node u64 ‖ index u64 ‖ kind u8 ‖ payload`
-/// (big-endian). Payload: nothing (blank), the command bytes (normal), JSON (membership).
-pub fn encode_entry(entry: &Entry) -> Bytes {
-    let (payload_kind, payload): (u8, Bytes) = match &entry.payload {
-        EntryPayload::Blank => (PAYLOAD_BLANK, Bytes::new()),
-        EntryPayload::Normal(request) => (PAYLOAD_NORMAL, request.0.clone()),
-        EntryPayload::Membership(membership) => (
-            PAYLOAD_MEMBERSHIP,
-            Bytes::from(serde_json::to_vec(membership).expect("membership encodes")),
-        ),
-    };
-    let mut out = BytesMut::with_capacity(26 + payload.len());
-    out.put_u8(ENTRY_FORMAT_V1);
-    out.put_u64(entry.log_id.leader_id.term);
-    out.put_u64(entry.log_id.leader_id.node_id);
-    out.put_u64(entry.log_id.index);
-    out.put_u8(payload_kind);
-    out.put_slice(&payload);
-    out.freeze()
-}
-
-pub fn decode_entry(bytes: &[u8]) -> io::Result<Entry> {
-    if bytes.len() < 26 {
-        return Err(corrupt(format!(
-            "log entry of {} bytes is too short",
-            bytes.len()
-        )));
-    }
-    let mut buf = bytes;
-    let format = buf.get_u8();
-    if format != ENTRY_FORMAT_V1 {
-        return Err(corrupt(format!("unknown log entry format {format}")));
-    }
-    let term = buf.get_u64();
-    let node_id = buf.get_u64();
-    let index = buf.get_u64();
-    let kind = buf.get_u8();
-    let log_id = LogId::new(
-        openraft::impls::leader_id_adv::LeaderId::new(term, node_id),
-        index,
-    );
-    let payload = match kind {
-        PAYLOAD_BLANK => EntryPayload::Blank,
-        PAYLOAD_NORMAL => EntryPayload::Normal(Request(Bytes::copy_from_slice(buf))),
-        PAYLOAD_MEMBERSHIP => EntryPayload::Membership(
-            serde_json::from_slice(buf).map_err(|error| corrupt(format!("membership: {error}")))?,
-        ),
-        other => return Err(corrupt(format!("unknown log payload kind {other}"))),
-    };
-    Ok(Entry { log_id, payload })
 }
 
 fn range_to_bounds<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {

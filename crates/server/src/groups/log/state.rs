@@ -24,8 +24,9 @@ use std::sync::Arc;
 
 use bytes::BufMut;
 
+use super::entry::{ENTRY_FORMAT_V1, corrupt};
 use super::record::{self, DecodeError, Kind};
-use super::{Entry, LogId, Vote, corrupt};
+use crate::groups::types::{Entry, LogId, Vote};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
@@ -279,8 +280,7 @@ impl State {
                 let mut placed = Vec::with_capacity(spans.len());
                 for (start, len) in spans {
                     let bytes = &record.payload[start..start + len];
-                    if bytes.len() < 1 + record::LOG_ID_BYTES || bytes[0] != super::ENTRY_FORMAT_V1
-                    {
+                    if bytes.len() < 1 + record::LOG_ID_BYTES || bytes[0] != ENTRY_FORMAT_V1 {
                         return Err("malformed log entry".into());
                     }
                     let log_id =

@@ -5,11 +5,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use openraft::Membership;
 use openraft::type_config::TypeConfigExt;
+use openraft::vote::RaftLeaderId;
+use openraft::{EntryPayload, Membership};
 
 use super::record::{self, DecodeError};
 use super::*;
+use crate::groups::types::Request;
 
 fn log_id(term: u64, node: u64, index: u64) -> LogId {
     LogId::new(
