@@ -18,39 +18,19 @@ use tokio::sync::{Notify, watch};
 
 use crate::catalog::{CatalogCommand, CatalogOutcome, CatalogState, CatalogStateMachine};
 use crate::cluster::forward::Forwarder;
-use crate::cluster::handler::PeerHandler;
+use crate::cluster::handler::{GroupDirectory, PeerHandler};
 use crate::cluster::network::ClusterNetwork;
 use crate::cluster::rpc::{self, PeerError, PeerRequest, PeerResponse, PeerResult};
 use crate::config::ServerConfig;
 use crate::error::ApiError;
+use crate::groups::CatalogRaft;
 pub use crate::groups::handle::GroupHandle;
 use crate::groups::log::LogEngine;
+pub use crate::groups::table_group::TableGroup;
 use crate::groups::table_sm::TableStateMachine;
 use crate::groups::types::{Request, Response};
-use crate::groups::{CatalogRaft, TableRaft};
 use crate::replication::log_cache::LogCache;
 use crate::transport::{Handler, QuicConfig, QuicTransport, Transport, TransportError};
-
-/// One running table replica.
-pub struct TableGroup {
-    pub id: TableId,
-    pub name: String,
-    pub raft: TableRaft,
-    pub table: Table,
-    pub state_machine: TableStateMachine,
-}
-
-impl TableGroup {
-    /// Term and Raft leader as this replica knows them, for response headers.
-    pub fn term_and_leader(&self) -> (u64, u64) {
-        let metrics = self.raft.server_metrics();
-        let metrics = metrics.borrow_watched();
-        (
-            metrics.vote.leader_id.term,
-            metrics.current_leader.unwrap_or(0),
-        )
-    }
-}
 
 /// Creates `dir`, or empties it of what a previous run of the node left there.
 fn clear_temporary_dir(dir: &std::path::Path) -> std::io::Result<()> {
@@ -864,4 +844,21 @@ where
         }
     }
     Ok(())
+}
+impl GroupDirectory for Node {
+    fn group_by_id(&self, id: u64) -> Option<GroupHandle> {
+        Node::group_by_id(self, id)
+    }
+
+    fn temporary_dir(&self) -> std::path::PathBuf {
+        Node::temporary_dir(self)
+    }
+
+    fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    fn api_advertise_address(&self) -> String {
+        Node::api_advertise_address(self)
+    }
 }

@@ -2,21 +2,37 @@
 //! names and calls it. Groups not running here (yet) answer `NoSuchGroup`, which the sender
 //! treats like an unreachable peer and retries.
 
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, Weak};
+
+use armada_storage::NodeId;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use super::rpc::{self, PeerError, PeerRequest, PeerResponse, PeerResult, SnapshotHeader};
+use crate::groups::handle::GroupHandle;
 use crate::groups::snapshot::SnapshotData;
-use crate::node::{GroupHandle, Node};
 use crate::transport::{BodyStream, Handler, PeerId};
+
+/// What serving peers needs of the node: its groups by id, where to spool a snapshot, and who
+/// it is. The node implements it; the handler knows nothing else of the node.
+pub trait GroupDirectory: Send + Sync {
+    /// The running group with this id (the catalog's or a table's), if it runs here.
+    fn group_by_id(&self, id: u64) -> Option<GroupHandle>;
+    /// A directory on the data volume for incoming snapshots.
+    fn temporary_dir(&self) -> PathBuf;
+    /// This node's Raft id.
+    fn node_id(&self) -> NodeId;
+    /// The client API address this node advertises.
+    fn api_advertise_address(&self) -> String;
+}
 
 /// Serves peers on behalf of a node (set once the node exists).
 #[derive(Default)]
 pub struct PeerHandler {
-    node: OnceLock<Weak<Node>>,
+    node: OnceLock<Weak<dyn GroupDirectory>>,
 }
 
 impl PeerHandler {
@@ -24,18 +40,19 @@ impl PeerHandler {
         Arc::new(PeerHandler::default())
     }
 
-    pub fn attach(&self, node: &Arc<Node>) {
-        let _ = self.node.set(Arc::downgrade(node));
+    pub fn attach<D: GroupDirectory + 'static>(&self, node: &Arc<D>) {
+        let node: Arc<dyn GroupDirectory> = node.clone();
+        let _ = self.node.set(Arc::downgrade(&node));
     }
 
-    fn node(&self) -> Result<Arc<Node>, PeerError> {
+    fn node(&self) -> Result<Arc<dyn GroupDirectory>, PeerError> {
         self.node
             .get()
             .and_then(Weak::upgrade)
             .ok_or_else(|| PeerError::Failed("this node is starting or stopping".into()))
     }
 
-    fn group(&self, group: u64) -> Result<(Arc<Node>, GroupHandle), PeerError> {
+    fn group(&self, group: u64) -> Result<(Arc<dyn GroupDirectory>, GroupHandle), PeerError> {
         // While the node starts or stops none of its groups runs here: callers retry on
         // `NoSuchGroup` (nothing was written), whereas `Failed` would end a forwarded write.
         let node = self.node().map_err(|_| PeerError::NoSuchGroup(group))?;
@@ -92,7 +109,7 @@ impl PeerHandler {
             PeerRequest::NodeInfo => {
                 let node = self.node()?;
                 Ok(PeerResponse::NodeInfo {
-                    node_id: node.node_id.get(),
+                    node_id: node.node_id().get(),
                     api_address: node.api_advertise_address(),
                 })
             }

@@ -12,7 +12,7 @@ use super::CatalogRaft;
 use super::snapshot::SnapshotData;
 use super::types::{Request, Response, SnapshotMeta, TypeConfig, Vote};
 use crate::cluster::rpc::PeerError;
-use crate::node::TableGroup;
+use crate::groups::table_group::TableGroup;
 
 #[derive(Clone)]
 pub enum GroupHandle {

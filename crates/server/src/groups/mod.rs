@@ -5,6 +5,7 @@
 pub mod handle;
 pub mod log;
 pub mod snapshot;
+pub mod table_group;
 pub mod table_sm;
 pub mod types;
 
