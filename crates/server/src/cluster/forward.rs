@@ -36,6 +36,10 @@ pub const MAX_BATCH: usize = 128;
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// Most batches outstanding per (leader, group).
 pub const MAX_IN_FLIGHT: usize = 4;
+/// Most writes waiting in one (leader, group) queue: eight full batches behind the ones in
+/// flight. A write that finds the queue full waits for room until its own deadline, then
+/// fails with `Timeout` like any forwarded write that took too long (nothing was sent).
+pub const QUEUE_WRITES: usize = 8 * MAX_BATCH;
 /// A queue with no write for this long stops its sender task.
 const IDLE: Duration = Duration::from_secs(30);
 
@@ -48,7 +52,7 @@ struct Pending {
     reply: oneshot::Sender<ForwardResult>,
 }
 
-type Queues = Arc<Mutex<HashMap<(u64, u64), mpsc::UnboundedSender<Pending>>>>;
+type Queues = Arc<Mutex<HashMap<(u64, u64), mpsc::Sender<Pending>>>>;
 
 /// Per-node batching of forwarded writes.
 pub struct Forwarder {
@@ -83,13 +87,14 @@ impl Forwarder {
         };
         loop {
             let queue = self.queue(leader, group);
-            match queue.send(pending) {
-                Ok(()) => break,
+            match enqueue(&queue, pending, deadline).await {
+                Enqueued::Queued => break,
                 // The sender task stopped (idle) after we took its queue: replace it.
-                Err(mpsc::error::SendError(returned)) => {
+                Enqueued::Closed(returned) => {
                     pending = returned;
                     self.remove_if_closed(leader, group);
                 }
+                Enqueued::Full => return Err(TransportError::Timeout { peer: leader }),
             }
         }
         match tokio::time::timeout_at(deadline, answer).await {
@@ -102,14 +107,14 @@ impl Forwarder {
         }
     }
 
-    fn queue(&self, leader: u64, group: u64) -> mpsc::UnboundedSender<Pending> {
+    fn queue(&self, leader: u64, group: u64) -> mpsc::Sender<Pending> {
         let mut queues = self.queues.lock().expect("forwarder lock poisoned");
         if let Some(queue) = queues.get(&(leader, group))
             && !queue.is_closed()
         {
             return queue.clone();
         }
-        let (sender, receiver) = mpsc::unbounded_channel();
+        let (sender, receiver) = mpsc::channel(QUEUE_WRITES);
         queues.insert((leader, group), sender.clone());
         tokio::spawn(run_queue(self.transport.clone(), leader, group, receiver));
         sender
@@ -124,6 +129,25 @@ impl Forwarder {
             queues.remove(&(leader, group));
         }
     }
+}
+
+enum Enqueued {
+    Queued,
+    /// The queue's sender task has stopped; the write comes back.
+    Closed(Pending),
+    /// The queue stayed full until the write's deadline.
+    Full,
+}
+
+/// Puts `pending` on `queue`, waiting for room until `deadline`.
+async fn enqueue(queue: &mpsc::Sender<Pending>, pending: Pending, deadline: Instant) -> Enqueued {
+    let permit = match tokio::time::timeout_at(deadline, queue.reserve()).await {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(_)) => return Enqueued::Closed(pending),
+        Err(_) => return Enqueued::Full,
+    };
+    permit.send(pending);
+    Enqueued::Queued
 }
 
 /// Whether a write's answer is small enough to share a frame with others.
@@ -145,7 +169,7 @@ async fn run_queue(
     transport: Arc<dyn Transport>,
     leader: u64,
     group: u64,
-    mut receiver: mpsc::UnboundedReceiver<Pending>,
+    mut receiver: mpsc::Receiver<Pending>,
 ) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
@@ -279,6 +303,46 @@ mod tests {
 
     fn request(command: pb::Command) -> Request {
         Request(bytes::Bytes::from(command.encode_to_vec()))
+    }
+
+    fn pending(deadline: Instant) -> Pending {
+        Pending {
+            request: request(pb::Command::default()),
+            deadline,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_holds_a_write_until_its_deadline_then_refuses_it() {
+        let (queue, mut receiver) = mpsc::channel(QUEUE_WRITES);
+        let deadline = Instant::now() + Duration::from_millis(50);
+        for _ in 0..QUEUE_WRITES {
+            assert!(matches!(
+                enqueue(&queue, pending(deadline), deadline).await,
+                Enqueued::Queued
+            ));
+        }
+        assert!(matches!(
+            enqueue(&queue, pending(deadline), deadline).await,
+            Enqueued::Full
+        ));
+        assert!(
+            Instant::now() >= deadline,
+            "waited for room until the deadline"
+        );
+        // Room again once the sender task takes a write.
+        assert!(receiver.recv().await.is_some());
+        let later = Instant::now() + Duration::from_secs(5);
+        assert!(matches!(
+            enqueue(&queue, pending(later), later).await,
+            Enqueued::Queued
+        ));
+        drop(receiver);
+        assert!(matches!(
+            enqueue(&queue, pending(later), later).await,
+            Enqueued::Closed(_)
+        ));
     }
 
     #[test]

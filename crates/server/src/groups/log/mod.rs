@@ -56,6 +56,16 @@ pub use self::state::Options;
 use self::state::{Fetch, Placed, State, SyncPlan, fatal};
 use super::types::{Entry, LogId, TypeConfig, Vote};
 
+/// Most completions waiting for the syncer. An appender that finds the queue full blocks until
+/// the syncer takes a round (backpressure on a disk that cannot keep up; no lock is held while
+/// queueing, so the syncer is never blocked by it). Four full rounds of the syncer.
+const SYNC_QUEUE_COMPLETIONS: usize = 4 * MAX_COMPLETIONS_PER_SYNC;
+
+/// The queue from appenders to the syncer, bounded at [`SYNC_QUEUE_COMPLETIONS`].
+fn sync_queue() -> (mpsc::SyncSender<Pending>, mpsc::Receiver<Pending>) {
+    mpsc::sync_channel(SYNC_QUEUE_COMPLETIONS)
+}
+
 /// Upper bound of completions run after one fsync, so a flood of appends still gets
 /// acknowledged in bounded batches.
 const MAX_COMPLETIONS_PER_SYNC: usize = 4096;
@@ -79,7 +89,7 @@ struct Pending {
 pub struct LogEngine {
     state: Arc<Mutex<State>>,
     storage: Storage,
-    syncer: Option<mpsc::Sender<Pending>>,
+    syncer: Option<mpsc::SyncSender<Pending>>,
     syncer_thread: Option<std::thread::JoinHandle<()>>,
     local_node: Option<u64>,
 }
@@ -112,7 +122,7 @@ impl LogEngine {
             std::fs::remove_file(&path)?;
         }
         let state = Arc::new(Mutex::new(state));
-        let (syncer, pending) = mpsc::channel::<Pending>();
+        let (syncer, pending) = sync_queue();
         let sync_state = state.clone();
         let registry = crate::telemetry::thread_registry();
         let syncer_thread = std::thread::Builder::new()

@@ -984,3 +984,19 @@ async fn saved_votes_count_term_changes_since_start() {
     log.save_vote(&Vote::new(6, 2)).await.expect("vote");
     assert_eq!(engine.group_term_changes(group), 1);
 }
+
+#[test]
+fn the_syncer_queue_holds_at_most_its_bound() {
+    let (sender, _receiver) = sync_queue();
+    let pending = || Pending {
+        run: Box::new(|| {}),
+        may_linger: false,
+    };
+    for _ in 0..SYNC_QUEUE_COMPLETIONS {
+        assert!(sender.try_send(pending()).is_ok());
+    }
+    assert!(matches!(
+        sender.try_send(pending()),
+        Err(mpsc::TrySendError::Full(_))
+    ));
+}
