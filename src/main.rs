@@ -93,6 +93,13 @@ impl Command {
 fn main() -> std::process::ExitCode {
     configure_allocator();
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Leader(_) | Command::Follower(_) | Command::Dev(_)
+    ) {
+        // A node stops on a panic in any thread or task instead of running on half-alive.
+        armada_server::fail_stop::install_panic_hook();
+    }
     let json = cli.command.json();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -36,15 +36,20 @@ async fn wait_status(
 
 /// Waits until `/readyz` answers `code`; returns the body.
 async fn wait_readyz(node: &Armada, path: &str, code: u16) -> String {
+    wait_readyz_saying(node, path, code, &[]).await
+}
+
+/// Waits until `path` answers `code` with a body that contains every one of `words`.
+async fn wait_readyz_saying(node: &Armada, path: &str, code: u16, words: &[&str]) -> String {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let (answered, body) = common::http_get(&node.rest, path);
-        if answered == code {
+        if answered == code && words.iter().all(|word| body.contains(word)) {
             return body;
         }
         assert!(
             Instant::now() < deadline,
-            "{path} answers {answered} {body:?}, expected {code}\n{}",
+            "{path} answers {answered} {body:?}, expected {code} saying {words:?}\n{}",
             node.log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -187,11 +192,14 @@ async fn a_wrong_replication_token_is_named_in_status_and_readyz() {
         &["--replication.token", "wrong"],
     );
     let follower = followers.node(1);
-    let body = wait_readyz(follower, "/readyz", 503).await;
-    assert!(
-        body.contains("not known yet") && body.contains("Unauthenticated"),
-        "{body}"
-    );
+    // Before the first answer the reason is "no answer yet"; then it names the refusal.
+    wait_readyz_saying(
+        follower,
+        "/readyz",
+        503,
+        &["not known yet", "Unauthenticated"],
+    )
+    .await;
     let first = wait_status(follower, "the cause was never listed", |status| {
         status
             .errors

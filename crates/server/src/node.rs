@@ -418,10 +418,7 @@ impl Node {
     }
 
     fn running(&self) -> Arc<BTreeMap<String, Arc<TableGroup>>> {
-        self.tables
-            .read()
-            .map(|guard| guard.clone())
-            .unwrap_or_default()
+        crate::fail_stop::read(&self.tables, "reading the table map").clone()
     }
 
     /// Every running table group, by name.
@@ -506,9 +503,7 @@ impl Node {
                 next.insert(name.clone(), group);
             }
         }
-        if let Ok(mut guard) = self.tables.write() {
-            *guard = Arc::new(next);
-        }
+        *crate::fail_stop::write(&self.tables, "updating the table map") = Arc::new(next);
         self.reconciled.notify_waiters();
         for group in stopped {
             self.stop_and_destroy(&group).await?;

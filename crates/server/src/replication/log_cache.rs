@@ -195,12 +195,9 @@ impl LogCache {
     /// is published.
     pub fn append(&self, entries: impl IntoIterator<Item = CachedEntry>) {
         let Some(ring) = &self.ring else { return };
-        // A poisoned lock means a panic mid-update: skip; the next append that does not
-        // follow on resets the ring.
-        if let Ok(mut ring) = ring.lock() {
-            for entry in entries {
-                ring.append(entry);
-            }
+        let mut ring = crate::fail_stop::lock(ring, "the replication log cache");
+        for entry in entries {
+            ring.append(entry);
         }
     }
 
@@ -212,7 +209,7 @@ impl LogCache {
         max_bytes: usize,
     ) -> Option<Vec<CachedEntry>> {
         let ring = self.ring.as_ref()?;
-        ring.lock().ok()?.read(start, end, max_bytes)
+        crate::fail_stop::lock(ring, "the replication log cache").read(start, end, max_bytes)
     }
 }
 
