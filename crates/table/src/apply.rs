@@ -10,9 +10,9 @@
 //! during execution are storage errors, and a rejected command changes nothing.
 
 use crate::error::Result;
+use crate::generation::Generation;
 use crate::read::{Latest, Overlay, Reader, scan_bounds};
 use crate::response_budget::{ResponseBudget, kv_bytes};
-use crate::table::Generation;
 use crate::{
     ApplyEntry, ApplyOutcome, MAX_KEY_BYTES, MAX_RESPONSE_BYTES, MAX_SEQUENCE_DEPTH,
     MAX_VALUE_BYTES, RangeEnd, pb,

@@ -9,7 +9,7 @@
 //! An entry `key → r` is present only while the committed latest record of `key` in the same
 //! generation exists and has create revision `r`. Absence says nothing (the caller reads the
 //! record). It holds because:
-//! * the cache belongs to one [`Generation`](crate::table::Generation); a snapshot install or a
+//! * the cache belongs to one [`Generation`](crate::generation::Generation); a snapshot install or a
 //!   load commit switches to a new generation, which starts with an empty cache;
 //! * only `Table::apply` writes the current generation's latest keyspace (under the apply lock),
 //!   and it records each key it wrote — its new create revision, or removal for a delete —

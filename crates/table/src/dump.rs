@@ -6,9 +6,9 @@
 //! dump with no final record is zero bytes (no stream identifier), as in Regatta.
 
 use crate::error::{Result, TableError};
+use crate::generation::Generation;
 use crate::pb;
 use crate::read::Latest;
-use crate::table::Generation;
 use armada_storage::fjall::{Readable, Snapshot};
 use bytes::Bytes;
 use pb::command::CommandType;

@@ -35,6 +35,7 @@ mod create_cache;
 mod dump;
 mod dump_check;
 mod error;
+mod generation;
 mod load;
 mod position;
 mod read;

@@ -21,7 +21,7 @@
 //! that catches up by snapshot in the middle of a load still commits the same contents.
 
 use crate::error::{Result, TableError};
-use crate::table::Generation;
+use crate::generation::Generation;
 use armada_storage::Revision;
 use bytes::Bytes;
 use std::sync::Arc;

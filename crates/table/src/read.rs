@@ -6,7 +6,7 @@
 //! key (`None` = deleted by a pending write).
 
 use crate::error::{Result, TableError};
-use crate::table::Generation;
+use crate::generation::Generation;
 use crate::{RangeEnd, RangeOutcome, RangeQuery, pb};
 use armada_storage::Revision;
 use armada_storage::fjall::{Readable, Snapshot};

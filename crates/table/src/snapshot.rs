@@ -13,9 +13,9 @@
 //! corrupted stream is rejected before the table switches to it.
 
 use crate::error::{Result, TableError};
+use crate::generation::Generation;
 use crate::load::{Staging, StagingMeta};
 use crate::position::AppliedPosition;
-use crate::table::Generation;
 use armada_storage::fjall::{Readable, Snapshot};
 use armada_storage::{Revision, mvcc};
 use bytes::Bytes;
