@@ -203,19 +203,8 @@ async fn run_topology(base: ServerConfig, nodes: u64, follower_nodes: u64) -> an
 
     let mut followers = std::collections::BTreeMap::new();
     if failure.is_none() && leaders.len() == nodes as usize && follower_nodes > 0 {
-        let mut follower_base = base.clone();
-        follower_base.role = NodeRole::Follower;
-        // The default cluster name was derived for the leader role the config was resolved in.
-        if follower_base.cluster.name == "leader" {
-            follower_base.cluster.name = "follower".into();
-        }
-        follower_base.replication.leader_address = leaders
-            .values()
-            .map(|bound| bound.replication.clone())
-            .collect::<Vec<_>>()
-            .join(",");
         for config in cluster_configs(
-            &follower_base,
+            &follower_base_config(&base, &leaders),
             follower_nodes,
             &data_dir.join("follower"),
             FOLLOWER_PORT_OFFSET,
@@ -233,33 +222,7 @@ async fn run_topology(base: ServerConfig, nodes: u64, follower_nodes: u64) -> an
 
     let complete = leaders.len() == nodes as usize && followers.len() == follower_nodes as usize;
     if complete && failure.is_none() {
-        let follower_part = match follower_nodes {
-            0 => String::new(),
-            n => format!(" and a {n}-node follower cluster"),
-        };
-        println!("Armada dev is running: a {nodes}-node leader cluster{follower_part}.");
-        println!("  data: {}", data_dir.display());
-        for (id, bound) in &leaders {
-            println!(
-                "  leader node {id}: API {}  replication {}  metrics {}/metrics",
-                bound.api, bound.replication, bound.rest
-            );
-        }
-        for (id, bound) in &followers {
-            println!(
-                "  follower node {id}: API {}  metrics {}/metrics",
-                bound.api, bound.rest
-            );
-        }
-        println!(
-            "Any node takes writes (a follower forwards them to the leader cluster) and serves reads."
-        );
-        if let Some(leader) = leaders.values().next() {
-            print_first_commands(
-                &leader.api,
-                followers.values().next().map(|bound| bound.api.as_str()),
-            );
-        }
+        print_running(&data_dir, &leaders, &followers);
         tokio::select! {
             _ = &mut terminated => {}
             Some(NodeEvent::Exited(label, id, error)) = event.recv() => {
@@ -275,6 +238,64 @@ async fn run_topology(base: ServerConfig, nodes: u64, follower_nodes: u64) -> an
     match failure {
         Some(message) => Err(anyhow::anyhow!(message)),
         None => Ok(()),
+    }
+}
+
+/// The bound addresses of a cluster's nodes, by node id.
+type ClusterAddresses = std::collections::BTreeMap<u64, armada_server::server::BoundAddresses>;
+
+/// The follower cluster's base configuration: `base` in the follower role, pointed at the
+/// leader cluster's replication addresses.
+fn follower_base_config(base: &ServerConfig, leaders: &ClusterAddresses) -> ServerConfig {
+    let mut follower_base = base.clone();
+    follower_base.role = NodeRole::Follower;
+    // The default cluster name was derived for the leader role the config was resolved in.
+    if follower_base.cluster.name == "leader" {
+        follower_base.cluster.name = "follower".into();
+    }
+    follower_base.replication.leader_address = leaders
+        .values()
+        .map(|bound| bound.replication.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    follower_base
+}
+
+/// Tells the user what runs where, and the first commands to try.
+fn print_running(
+    data_dir: &std::path::Path,
+    leaders: &ClusterAddresses,
+    followers: &ClusterAddresses,
+) {
+    let follower_part = match followers.len() {
+        0 => String::new(),
+        n => format!(" and a {n}-node follower cluster"),
+    };
+    println!(
+        "Armada dev is running: a {}-node leader cluster{follower_part}.",
+        leaders.len()
+    );
+    println!("  data: {}", data_dir.display());
+    for (id, bound) in leaders {
+        println!(
+            "  leader node {id}: API {}  replication {}  metrics {}/metrics",
+            bound.api, bound.replication, bound.rest
+        );
+    }
+    for (id, bound) in followers {
+        println!(
+            "  follower node {id}: API {}  metrics {}/metrics",
+            bound.api, bound.rest
+        );
+    }
+    println!(
+        "Any node takes writes (a follower forwards them to the leader cluster) and serves reads."
+    );
+    if let Some(leader) = leaders.values().next() {
+        print_first_commands(
+            &leader.api,
+            followers.values().next().map(|bound| bound.api.as_str()),
+        );
     }
 }
 
@@ -383,7 +404,7 @@ async fn wait_cluster(
     terminated: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     nodes: u64,
     failure: &mut Option<String>,
-) -> std::collections::BTreeMap<u64, armada_server::server::BoundAddresses> {
+) -> ClusterAddresses {
     let mut bound = std::collections::BTreeMap::new();
     while bound.len() < nodes as usize && failure.is_none() {
         tokio::select! {

@@ -419,9 +419,22 @@ impl ListenerTlsKeys<'_> {
         self.address.starts_with("https://") || self.address.starts_with("unixs://")
     }
 
+    fn key(&self, name: &str) -> String {
+        format!("{}.{name}", self.prefix)
+    }
+
+    /// Every rule on the keys of one listener: the client-certificate settings must be
+    /// consistent among themselves, then with the address's scheme.
     fn check(&self) -> Result<(), Problem> {
+        self.check_client_authentication()?;
+        self.check_against_address()
+    }
+
+    /// Certificate and key come together, and at most one client-identity rule is set, only
+    /// where client certificates are asked for.
+    fn check_client_authentication(&self) -> Result<(), Problem> {
         let prefix = self.prefix;
-        let key = |name: &str| format!("{prefix}.{name}");
+        let key = |name: &str| self.key(name);
         if self.cert_filename.is_empty() != self.key_filename.is_empty() {
             return Err(problem(
                 key(if self.cert_filename.is_empty() {
@@ -469,6 +482,13 @@ impl ListenerTlsKeys<'_> {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// A TLS address needs a certificate; a plaintext one takes no TLS key at all.
+    fn check_against_address(&self) -> Result<(), Problem> {
+        let prefix = self.prefix;
+        let key = |name: &str| self.key(name);
         if self.is_tls_address() {
             if self.cert_filename.is_empty() {
                 return Err(problem(

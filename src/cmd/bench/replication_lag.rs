@@ -583,8 +583,16 @@ impl Report {
     }
 
     fn text(&self) -> String {
+        let mut text = self.heading();
+        text.push_str(&format!("{}\n", self.latency_table()));
+        text.push_str(&self.counts_text());
+        text
+    }
+
+    /// The first line: what was offered, where, and for how long.
+    fn heading(&self) -> String {
         let description = &self.description;
-        let mut text = format!(
+        format!(
             "armada replication-lag ({}/s offered, value {} B, {} keys, {} connections) \
              leader {} follower {} for {:.1} s after {:.1} s warm-up\n",
             self.rate,
@@ -604,7 +612,11 @@ impl Report {
             description["follower"].as_str().unwrap_or_default(),
             self.duration.as_secs_f64(),
             description["warmup_s"],
-        );
+        )
+    }
+
+    /// Put latency and replication lag, as quantiles.
+    fn latency_table(&self) -> Table {
         let mut table = Table::new();
         table.load_preset(UTF8_FULL_CONDENSED).set_header([
             "measure", "count", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p999 ms", "max ms",
@@ -626,15 +638,19 @@ impl Report {
                 millis(histogram.max()),
             ]);
         }
-        text.push_str(&format!("{table}\n"));
-        text.push_str(&format!(
+        table
+    }
+
+    /// Writes, lag outliers, probes and errors, a line each (errors by code below).
+    fn counts_text(&self) -> String {
+        let mut text = format!(
             "writes: {} acknowledged, {} issued, {} due; achieved {:.0}/s of {}/s\n",
             self.written.acknowledged.len(),
             self.written.issued,
             self.written.due,
             self.achieved_rate(),
             self.rate,
-        ));
+        );
         if self.short_of_rate() {
             text.push_str(&format!(
                 "WARNING: the achieved rate is short of --rate (below {:.0} %); waited for an \
