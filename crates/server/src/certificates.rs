@@ -187,10 +187,7 @@ impl ReloadingIdentity {
     /// The identity to present now: re-read first if the files changed since the last look
     /// (at most one look per [`RELOAD_CHECK_INTERVAL`]).
     pub fn current(&self) -> Arc<CertifiedKey> {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = crate::fail_stop::lock(&self.state, "the certificate reloader");
         if state.checked_at.elapsed() >= RELOAD_CHECK_INTERVAL {
             state.checked_at = Instant::now();
             self.reload_if_changed(&mut state);
