@@ -1226,6 +1226,7 @@ fn flatten(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, s
 }
 
 #[cfg(test)]
+#[allow(clippy::too_many_lines)] // test scenarios read top to bottom
 mod tests {
     use super::*;
 

@@ -11,6 +11,7 @@
 //! the diff). Keys and values are tokens with `\xNN` escapes; `""` is the empty string.
 //! Each applied entry consumes the next log index (starting at 2, as with openraft) and, unless
 //! `rev=N` is given, uses it as its revision.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom; the 70-line rule is for production code
 
 use armada_storage::{LeaderIndex, LogIndex, Revision, Storage, TableId};
 use armada_table::pb::command::CommandType;
