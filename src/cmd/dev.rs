@@ -127,14 +127,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     run_topology(config, args.nodes, args.follower_nodes).await
 }
 
-fn print_first_commands(leader_api: &str, follower_api: Option<&str>) {
+fn print_first_commands(leader_cluster_api: &str, follower_api: Option<&str>) {
     println!();
     println!("Try:");
-    println!("  armada table create demo --address {leader_api}");
-    println!("  armada kv put demo hello world --address {leader_api}");
+    println!("  armada table create demo --address {leader_cluster_api}");
+    println!("  armada kv put demo hello world --address {leader_cluster_api}");
     println!(
         "  armada kv get demo hello --address {}",
-        follower_api.unwrap_or(leader_api)
+        follower_api.unwrap_or(leader_cluster_api)
     );
     println!();
     println!("Stop with Ctrl-C.");
@@ -189,8 +189,8 @@ async fn run_topology(base: ServerConfig, nodes: u64, follower_nodes: u64) -> an
     let terminated = termination();
     tokio::pin!(terminated);
 
-    let leader_specs = cluster_configs(&base, nodes, &data_dir.join("leader"), 0)?;
-    for config in leader_specs {
+    let leader_cluster_configs = cluster_configs(&base, nodes, &data_dir.join("leader"), 0)?;
+    for config in leader_cluster_configs {
         servers.push(spawn_node(
             "leader",
             config,
@@ -199,12 +199,12 @@ async fn run_topology(base: ServerConfig, nodes: u64, follower_nodes: u64) -> an
         ));
     }
     let mut failure = None;
-    let leaders = wait_cluster(&mut event, &mut terminated, nodes, &mut failure).await;
+    let leader_cluster = wait_cluster(&mut event, &mut terminated, nodes, &mut failure).await;
 
-    let mut followers = std::collections::BTreeMap::new();
-    if failure.is_none() && leaders.len() == nodes as usize && follower_nodes > 0 {
+    let mut follower_cluster = std::collections::BTreeMap::new();
+    if failure.is_none() && leader_cluster.len() == nodes as usize && follower_nodes > 0 {
         for config in cluster_configs(
-            &follower_base_config(&base, &leaders),
+            &follower_base_config(&base, &leader_cluster),
             follower_nodes,
             &data_dir.join("follower"),
             FOLLOWER_PORT_OFFSET,
@@ -216,13 +216,15 @@ async fn run_topology(base: ServerConfig, nodes: u64, follower_nodes: u64) -> an
                 events.clone(),
             ));
         }
-        followers = wait_cluster(&mut event, &mut terminated, follower_nodes, &mut failure).await;
+        follower_cluster =
+            wait_cluster(&mut event, &mut terminated, follower_nodes, &mut failure).await;
     }
     drop(events);
 
-    let complete = leaders.len() == nodes as usize && followers.len() == follower_nodes as usize;
+    let complete =
+        leader_cluster.len() == nodes as usize && follower_cluster.len() == follower_nodes as usize;
     if complete && failure.is_none() {
-        print_running(&data_dir, &leaders, &followers);
+        print_running(&data_dir, &leader_cluster, &follower_cluster);
         tokio::select! {
             _ = &mut terminated => {}
             Some(NodeEvent::Exited(label, id, error)) = event.recv() => {
@@ -246,14 +248,14 @@ type ClusterAddresses = std::collections::BTreeMap<u64, armada_server::server::B
 
 /// The follower cluster's base configuration: `base` in the follower role, pointed at the
 /// leader cluster's replication addresses.
-fn follower_base_config(base: &ServerConfig, leaders: &ClusterAddresses) -> ServerConfig {
+fn follower_base_config(base: &ServerConfig, leader_cluster: &ClusterAddresses) -> ServerConfig {
     let mut follower_base = base.clone();
     follower_base.role = NodeRole::Follower;
     // The default cluster name was derived for the leader role the config was resolved in.
     if follower_base.cluster.name == "leader" {
         follower_base.cluster.name = "follower".into();
     }
-    follower_base.replication.leader_address = leaders
+    follower_base.replication.leader_address = leader_cluster
         .values()
         .map(|bound| bound.replication.clone())
         .collect::<Vec<_>>()
@@ -264,25 +266,25 @@ fn follower_base_config(base: &ServerConfig, leaders: &ClusterAddresses) -> Serv
 /// Tells the user what runs where, and the first commands to try.
 fn print_running(
     data_dir: &std::path::Path,
-    leaders: &ClusterAddresses,
-    followers: &ClusterAddresses,
+    leader_cluster: &ClusterAddresses,
+    follower_cluster: &ClusterAddresses,
 ) {
-    let follower_part = match followers.len() {
+    let follower_part = match follower_cluster.len() {
         0 => String::new(),
         n => format!(" and a {n}-node follower cluster"),
     };
     println!(
         "Armada dev is running: a {}-node leader cluster{follower_part}.",
-        leaders.len()
+        leader_cluster.len()
     );
     println!("  data: {}", data_dir.display());
-    for (id, bound) in leaders {
+    for (id, bound) in leader_cluster {
         println!(
             "  leader node {id}: API {}  replication {}  metrics {}/metrics",
             bound.api, bound.replication, bound.rest
         );
     }
-    for (id, bound) in followers {
+    for (id, bound) in follower_cluster {
         println!(
             "  follower node {id}: API {}  metrics {}/metrics",
             bound.api, bound.rest
@@ -291,10 +293,13 @@ fn print_running(
     println!(
         "Any node takes writes (a follower forwards them to the leader cluster) and serves reads."
     );
-    if let Some(leader) = leaders.values().next() {
+    if let Some(first) = leader_cluster.values().next() {
         print_first_commands(
-            &leader.api,
-            followers.values().next().map(|bound| bound.api.as_str()),
+            &first.api,
+            follower_cluster
+                .values()
+                .next()
+                .map(|bound| bound.api.as_str()),
         );
     }
 }

@@ -134,11 +134,11 @@ pub(super) async fn run(args: &BenchArgs, endpoints: &[String]) -> anyhow::Resul
     let follower_address = args.follower.clone().context("--follower is required")?;
     let table = Bytes::from(args.table.clone());
     let options = args.connect_options();
-    let mut leader_probe = Client::connect_with(&endpoints[0], &options).await?.kv();
+    let mut leader_cluster_probe = Client::connect_with(&endpoints[0], &options).await?.kv();
     let mut follower_probe = Client::connect_with(&follower_address, &options)
         .await?
         .kv();
-    wait_for_follower(&mut leader_probe, &mut follower_probe, &table).await?;
+    wait_for_follower(&mut leader_cluster_probe, &mut follower_probe, &table).await?;
     let drivers = connect_drivers(endpoints, args).await?;
     let duration = args.run_duration().unwrap_or(super::DEFAULT_DURATION);
     let started = Instant::now();
@@ -201,11 +201,11 @@ async fn probe_revision(
 /// Waits until the follower serves the table at the leader's current revision, so that the
 /// run measures tailing, not the follower's discovery of the table or its bootstrap.
 async fn wait_for_follower(
-    leader: &mut KvClient<ApiChannel>,
+    leader_cluster: &mut KvClient<ApiChannel>,
     follower: &mut KvClient<ApiChannel>,
     table: &Bytes,
 ) -> anyhow::Result<()> {
-    let leader_revision = probe_revision(leader, table)
+    let leader_cluster_revision = probe_revision(leader_cluster, table)
         .await
         .map_err(ClientError::from)
         .context("reading the table's revision on the leader cluster")?;
@@ -213,14 +213,14 @@ async fn wait_for_follower(
     let mut last = String::from("no answer yet");
     while Instant::now() < deadline {
         match probe_revision(follower, table).await {
-            Ok(revision) if revision >= leader_revision => return Ok(()),
-            Ok(revision) => last = format!("at revision {revision} of {leader_revision}"),
+            Ok(revision) if revision >= leader_cluster_revision => return Ok(()),
+            Ok(revision) => last = format!("at revision {revision} of {leader_cluster_revision}"),
             Err(status) => last = status.message().to_owned(),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!(
-        "the follower did not serve table {:?} at revision {leader_revision} within {:?} ({last})",
+        "the follower did not serve table {:?} at revision {leader_cluster_revision} within {:?} ({last})",
         String::from_utf8_lossy(table),
         FOLLOWER_READY_TIMEOUT
     )
