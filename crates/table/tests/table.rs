@@ -5,8 +5,11 @@
 use armada_storage::{LeaderIndex, LogIndex, Revision, Storage, TableId};
 use armada_table::pb::command::CommandType;
 use armada_table::{
-    AppliedPosition, ApplyEntry, ApplyOutcome, MAX_RESPONSE_BYTES, RangeEnd, RangeQuery, Table, pb,
+    AppliedPosition, ApplyEntry, ApplyOutcome, Command, CommandOutcome, MAX_RESPONSE_BYTES,
+    RangeEnd, RangeQuery, Table, Txn, pb,
 };
+
+mod common;
 use bytes::Bytes;
 use prost::Message;
 use std::io::Read;
@@ -24,21 +27,7 @@ fn put(key: &str, value: Vec<u8>) -> pb::Command {
 }
 
 fn apply(table: &Table, index: u64, commands: &[pb::Command]) -> Vec<ApplyOutcome> {
-    let first = index + 1 - commands.len() as u64;
-    let entries: Vec<_> = commands
-        .iter()
-        .enumerate()
-        .map(|(i, command)| ApplyEntry {
-            revision: Revision(first + i as u64),
-            command: Some(command),
-        })
-        .collect();
-    let position = AppliedPosition {
-        log_index: LogIndex(index),
-        revision: Revision(index),
-        ..Default::default()
-    };
-    table.apply(&entries, &position).unwrap()
+    common::apply_at(table, index, commands)
 }
 
 fn all() -> RangeQuery {
@@ -197,11 +186,11 @@ fn large_values_are_chunked_like_regatta() {
         ..Default::default()
     };
     let outcome = apply(&table, 12, &[delete]);
-    let ApplyOutcome::Applied { result, .. } = &outcome[0] else {
+    let ApplyOutcome::Applied { outcome, .. } = &outcome[0] else {
         panic!("rejected")
     };
-    let Some(pb::response_op::Response::ResponseDeleteRange(deleted)) =
-        &result.responses[0].response
+    let responses = common::wire_responses(outcome);
+    let Some(pb::response_op::Response::ResponseDeleteRange(deleted)) = &responses[0].response
     else {
         panic!("not a delete response")
     };
@@ -227,17 +216,26 @@ fn leader_index_is_kept_until_changed() {
         table.applied_position().unwrap().leader_index,
         Some(LeaderIndex(9))
     );
-    let entries = [ApplyEntry {
-        revision: Revision(4),
-        command: None,
-    }];
-    let position = AppliedPosition {
-        log_index: LogIndex(4),
-        revision: Revision(4),
+    let dummy = Command::Dummy {
         leader_index: Some(LeaderIndex(11)),
-        raft_state: Bytes::from_static(b"state"),
     };
-    table.apply(&entries, &position).unwrap();
+    let entries = [ApplyEntry {
+        log_index: LogIndex(4),
+        command: Some(&dummy),
+    }];
+    let position = table
+        .apply(&entries, Bytes::from_static(b"state"))
+        .unwrap()
+        .position;
+    assert_eq!(
+        position,
+        AppliedPosition {
+            log_index: LogIndex(4),
+            revision: Revision(4),
+            leader_index: Some(LeaderIndex(11)),
+            raft_state: Bytes::from_static(b"state"),
+        }
+    );
     drop(table);
     drop(storage);
     let storage = Storage::open(dir.path()).unwrap();
@@ -256,22 +254,18 @@ fn a_load_command_must_be_applied_alone() {
         load_id: 1,
         ..Default::default()
     };
+    let decoded = Command::from_wire(begin.clone()).unwrap();
     let entries = [
         ApplyEntry {
-            revision: Revision(2),
-            command: Some(&begin),
+            log_index: LogIndex(2),
+            command: Some(&decoded),
         },
         ApplyEntry {
-            revision: Revision(3),
+            log_index: LogIndex(3),
             command: None,
         },
     ];
-    let position = AppliedPosition {
-        log_index: LogIndex(3),
-        revision: Revision(3),
-        ..Default::default()
-    };
-    assert!(table.apply(&entries, &position).is_err());
+    assert!(table.apply(&entries, Bytes::new()).is_err());
     assert_eq!(table.staged_load(), None);
     assert_eq!(
         table.applied_position().unwrap(),
@@ -284,12 +278,19 @@ fn a_load_command_must_be_applied_alone() {
     assert_eq!(table.staged_load(), Some((1, 0)));
 }
 
-fn entries(commands: &[pb::Command]) -> Vec<ApplyEntry<'_>> {
+fn decoded(commands: &[pb::Command]) -> Vec<Command> {
+    commands
+        .iter()
+        .map(|command| Command::from_wire(command.clone()).unwrap())
+        .collect()
+}
+
+fn entries(commands: &[Command]) -> Vec<ApplyEntry<'_>> {
     commands
         .iter()
         .enumerate()
         .map(|(i, command)| ApplyEntry {
-            revision: Revision(2 + i as u64),
+            log_index: LogIndex(2 + i as u64),
             command: Some(command),
         })
         .collect()
@@ -301,22 +302,22 @@ fn large_batches_loads_and_long_sequences_may_block_small_batches_do_not() {
     let storage = Storage::open(dir.path()).unwrap();
     let table = Table::open(&storage, TableId(10001)).unwrap();
     let small: Vec<pb::Command> = (0..20).map(|n| put(&format!("k{n}"), vec![1])).collect();
-    assert!(!table.apply_may_block(&entries(&small)));
+    assert!(!table.apply_may_block(&entries(&decoded(&small))));
     let large: Vec<pb::Command> = (0..300).map(|n| put(&format!("k{n}"), vec![1])).collect();
-    assert!(table.apply_may_block(&entries(&large)));
+    assert!(table.apply_may_block(&entries(&decoded(&large))));
     // One entry carrying many writes (a follower cluster's replicated SEQUENCE) counts them all.
     let sequence = pb::Command {
         r#type: CommandType::Sequence as i32,
         sequence: large.clone(),
         ..Default::default()
     };
-    assert!(table.apply_may_block(&entries(std::slice::from_ref(&sequence))));
+    assert!(table.apply_may_block(&entries(&decoded(std::slice::from_ref(&sequence)))));
     let begin = pb::Command {
         r#type: CommandType::LoadBegin as i32,
         load_id: 1,
         ..Default::default()
     };
-    assert!(table.apply_may_block(&entries(std::slice::from_ref(&begin))));
+    assert!(table.apply_may_block(&entries(&decoded(std::slice::from_ref(&begin)))));
     // The small batch still applies (inline or not, the outcome is the same).
     assert_eq!(apply(&table, 21, &small).len(), 20);
 }
@@ -369,9 +370,8 @@ fn op_delete_all(prev_kv: bool) -> pb::RequestOp {
 }
 
 /// The encoded size of a txn's whole response as the API sends it.
-fn txn_response_bytes(result: &pb::CommandResult) -> usize {
-    result
-        .responses
+fn txn_response_bytes(outcome: &CommandOutcome) -> usize {
+    common::wire_responses(outcome)
         .iter()
         .map(|op| {
             let len = op.encoded_len();
@@ -433,14 +433,15 @@ fn txn_ranges_share_one_response_budget_and_say_more() {
         ],
     );
     let outcome = apply(&table, 5, &[command]);
-    let ApplyOutcome::Applied { result, succeeded } = &outcome[0] else {
+    let ApplyOutcome::Applied { outcome, .. } = &outcome[0] else {
         panic!("refused: {outcome:?}")
     };
-    assert!(succeeded);
-    assert!(txn_response_bytes(result) < MAX_RESPONSE_BYTES);
-    let first = range_response(&result.responses[1]);
+    assert!(outcome.succeeded());
+    assert!(txn_response_bytes(outcome) < MAX_RESPONSE_BYTES);
+    let responses = common::wire_responses(outcome);
+    let first = range_response(&responses[1]);
     assert_eq!((first.kvs.len(), first.more, first.count), (2, true, 2));
-    let second = range_response(&result.responses[2]);
+    let second = range_response(&responses[2]);
     assert_eq!((second.kvs.len(), second.more, second.count), (0, true, 0));
     // The write took effect, and the same ranges read alone are complete again.
     let view = table.read_view();
@@ -450,11 +451,14 @@ fn txn_ranges_share_one_response_budget_and_say_more() {
         success: vec![op_range_all(), op_range_all()],
         failure: Vec::new(),
     };
-    let outcome = view.txn_read_only(&read_only).unwrap();
-    let bytes: usize = outcome.responses.iter().map(Message::encoded_len).sum();
+    let outcome = view
+        .txn_read_only(&Txn::from_wire(read_only).unwrap())
+        .unwrap();
+    let responses = common::wire_responses(&CommandOutcome::Txn(outcome));
+    let bytes: usize = responses.iter().map(Message::encoded_len).sum();
     assert!(bytes < MAX_RESPONSE_BYTES);
-    assert!(range_response(&outcome.responses[0]).more);
-    assert!(range_response(&outcome.responses[1]).more);
+    assert!(range_response(&responses[0]).more);
+    assert!(range_response(&responses[1]).more);
 }
 
 #[test]
@@ -486,7 +490,7 @@ fn a_txn_whose_prev_kvs_cannot_fit_is_refused_and_changes_nothing() {
         panic!("applied: {:?}", outcome[1])
     };
     assert!(
-        message.contains(&MAX_RESPONSE_BYTES.to_string()),
+        message.message().contains(&MAX_RESPONSE_BYTES.to_string()),
         "{message}"
     );
     assert!(matches!(outcome[0], ApplyOutcome::Applied { .. }));
@@ -511,12 +515,12 @@ fn a_txn_whose_prev_kvs_cannot_fit_is_refused_and_changes_nothing() {
         ],
     );
     let outcome = apply(&table, 8, &[command]);
-    let ApplyOutcome::Applied { result, .. } = &outcome[0] else {
+    let ApplyOutcome::Applied { outcome, .. } = &outcome[0] else {
         panic!("refused: {outcome:?}")
     };
-    assert!(txn_response_bytes(result) < MAX_RESPONSE_BYTES);
-    let Some(pb::response_op::Response::ResponseDeleteRange(deleted)) =
-        &result.responses[2].response
+    assert!(txn_response_bytes(outcome) < MAX_RESPONSE_BYTES);
+    let responses = common::wire_responses(outcome);
+    let Some(pb::response_op::Response::ResponseDeleteRange(deleted)) = &responses[2].response
     else {
         panic!("not a delete response")
     };
