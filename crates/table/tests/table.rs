@@ -5,8 +5,8 @@
 use armada_storage::{LeaderIndex, LogIndex, Revision, Storage, TableId};
 use armada_table::pb::command::CommandType;
 use armada_table::{
-    AppliedPosition, ApplyEntry, ApplyOutcome, Command, CommandOutcome, MAX_RESPONSE_BYTES,
-    RangeEnd, RangeQuery, Table, Txn, pb,
+    AppliedPosition, ApplyEntry, ApplyOutcome, Change, Command, CommandOutcome, MAX_RESPONSE_BYTES,
+    Previous, RangeEnd, RangeQuery, Table, Txn, pb,
 };
 
 mod common;
@@ -608,4 +608,161 @@ fn disk_bytes_count_unflushed_writes() {
     let storage = Storage::open(dir.path()).unwrap();
     let table = Table::open(&storage, TableId(10001)).unwrap();
     assert!(table.disk_bytes() >= 2 * written, "{}", table.disk_bytes());
+}
+
+fn changes_of(outcome: &ApplyOutcome) -> Vec<Change> {
+    match outcome {
+        ApplyOutcome::Applied { changes, .. } => changes.clone(),
+        ApplyOutcome::Rejected(rejection) => panic!("rejected: {rejection}"),
+    }
+}
+
+fn stored(key: &str, value: &str, create: i64, modified: i64) -> pb::KeyValue {
+    pb::KeyValue {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        create_revision: create,
+        mod_revision: modified,
+        value: Bytes::copy_from_slice(value.as_bytes()),
+    }
+}
+
+fn change(key: &str, prev_kv: Previous, kv: Option<pb::KeyValue>, revision: u64) -> Change {
+    Change {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        prev_kv,
+        kv,
+        revision: Revision(revision),
+    }
+}
+
+/// Every applied write lists the keys it changed — previous and new key-value, revision — in
+/// write order: what the Watch will stream.
+#[test]
+fn every_write_lists_its_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path()).unwrap();
+    let table = Table::open(&storage, TableId(10001)).unwrap();
+    // A new key, then two in one batch: the second entry sees the first one's write.
+    let outcomes = apply(&table, 2, &[put("a", b"1".to_vec())]);
+    assert_eq!(
+        changes_of(&outcomes[0]),
+        [change(
+            "a",
+            Previous::Absent,
+            Some(stored("a", "1", 2, 2)),
+            2
+        )]
+    );
+    let outcomes = apply(
+        &table,
+        4,
+        &[put("b", b"1".to_vec()), put("b", b"2".to_vec())],
+    );
+    assert_eq!(
+        changes_of(&outcomes[1]),
+        [change(
+            "b",
+            Previous::Kv(stored("b", "1", 3, 3)),
+            Some(stored("b", "2", 3, 4)),
+            4
+        )]
+    );
+    // An overwrite of a key the create-revision cache knows does not read the old value
+    // unless the put asks for it.
+    let outcomes = apply(&table, 5, &[put("a", b"2".to_vec())]);
+    assert_eq!(
+        changes_of(&outcomes[0]),
+        [change(
+            "a",
+            Previous::NotRead {
+                create_revision: Revision(2)
+            },
+            Some(stored("a", "2", 2, 5)),
+            5
+        )]
+    );
+    let mut asking = put("a", b"3".to_vec());
+    asking.prev_kvs = true;
+    let outcomes = apply(&table, 6, &[asking]);
+    assert_eq!(
+        changes_of(&outcomes[0]),
+        [change(
+            "a",
+            Previous::Kv(stored("a", "2", 2, 5)),
+            Some(stored("a", "3", 2, 6)),
+            6
+        )]
+    );
+    // A txn's ops in order: a delete of the whole table, then a put of a deleted key.
+    let command = txn(
+        Vec::new(),
+        vec![
+            op_range_all(),
+            op_delete_all(false),
+            op_put("b", b"3".to_vec(), false),
+        ],
+    );
+    let outcomes = apply(&table, 7, &[command]);
+    assert_eq!(
+        changes_of(&outcomes[0]),
+        [
+            change("a", Previous::Kv(stored("a", "3", 2, 6)), None, 7),
+            change("b", Previous::Kv(stored("b", "2", 3, 4)), None, 7),
+            change("b", Previous::Absent, Some(stored("b", "3", 7, 7)), 7),
+        ]
+    );
+    // A refused command lists nothing.
+    let outcomes = apply(&table, 8, &[put("", b"x".to_vec())]);
+    assert!(matches!(outcomes[0], ApplyOutcome::Rejected(_)));
+}
+
+#[test]
+fn a_replicated_sequence_lists_its_changes_at_their_leader_indices() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path()).unwrap();
+    let table =
+        Table::open_as(&storage, TableId(10001), armada_table::TableRole::Follower).unwrap();
+    let replicated = |index: u64, mut command: pb::Command| {
+        command.leader_index = Some(index);
+        command
+    };
+    let delete = pb::Command {
+        r#type: CommandType::Delete as i32,
+        kv: Some(pb::KeyValue {
+            key: Bytes::from_static(b"x"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let sequence = pb::Command {
+        r#type: CommandType::Sequence as i32,
+        sequence: vec![
+            replicated(1, put("x", b"1".to_vec())),
+            replicated(2, put("", b"refused by the leader too".to_vec())),
+            replicated(3, put("y", b"1".to_vec())),
+            replicated(4, delete),
+        ],
+        ..Default::default()
+    };
+    let outcomes = apply(&table, 9, &[sequence]);
+    let ApplyOutcome::Applied {
+        revision, outcome, ..
+    } = &outcomes[0]
+    else {
+        panic!("rejected: {outcomes:?}")
+    };
+    assert_eq!(*revision, Revision(4));
+    let CommandOutcome::Sequence(nested) = outcome else {
+        panic!("not a sequence: {outcome:?}")
+    };
+    assert_eq!(nested.len(), 3, "the rejected command has no answer");
+    assert_eq!(
+        changes_of(&outcomes[0]),
+        [
+            change("x", Previous::Absent, Some(stored("x", "1", 1, 1)), 1),
+            change("y", Previous::Absent, Some(stored("y", "1", 3, 3)), 3),
+            change("x", Previous::Kv(stored("x", "1", 1, 1)), None, 4),
+        ]
+    );
+    assert_eq!(table.applied_position().unwrap().revision, Revision(4));
 }
