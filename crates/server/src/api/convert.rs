@@ -161,4 +161,37 @@ mod tests {
         );
         assert!(txn_outcome(CommandOutcome::Sequence(Vec::new())).is_err());
     }
+
+    /// A forwarded write's answer crosses nodes (postcard, `cluster::rpc`) and comes back
+    /// whole: kvs, counts and the txn's branch.
+    #[test]
+    fn a_table_answer_survives_the_peer_wire() {
+        use crate::groups::types::Response;
+        let outcome = CommandOutcome::Sequence(vec![
+            CommandOutcome::Txn(TxnOutcome {
+                succeeded: false,
+                responses: vec![
+                    OpOutcome::Range(RangeOutcome {
+                        kvs: vec![kv(b"r")],
+                        more: true,
+                        count: 3,
+                    }),
+                    OpOutcome::Delete(DeleteOutcome {
+                        deleted: 2,
+                        prev_kvs: vec![kv(b"d")],
+                    }),
+                ],
+            }),
+            CommandOutcome::PutBatch(vec![PutOutcome {
+                prev_kv: Some(kv(b"p")),
+            }]),
+        ]);
+        let response = Response::Table {
+            revision: armada_storage::Revision(42),
+            outcome,
+        };
+        let bytes = postcard::to_stdvec(&response).unwrap();
+        let back: Response = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, response);
+    }
 }
