@@ -7,6 +7,11 @@
 //! write stall. `state` (generation handles, cached position) is write-locked by apply only to
 //! update the cache after its commit, and by install around switching generations, so a view
 //! never pairs a snapshot with the wrong generation's keyspaces.
+//!
+//! Apply: [`Table::apply`] runs the entries' typed commands through an `Applier` (`apply.rs`)
+//! and commits its batch with the position of `revision::position_after`. A staged-load step
+//! is applied alone: `check_load` (pure) decides the step against the staged load or rejects
+//! it, then `load_begin`, `load_chunk` or `load_commit` writes it with its position.
 
 use crate::apply::Applier;
 use crate::command::{Command, Rejection, check_put};
