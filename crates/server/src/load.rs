@@ -169,7 +169,7 @@ impl Node {
     ) -> Result<u64, ApiError> {
         let request = Request(Bytes::from(command.encode_to_vec()));
         match self.write(handle, request, deadline).await? {
-            (_, Response::Table { result, .. }) => Ok(result.revision),
+            (_, Response::Table { revision, .. }) => Ok(revision.get()),
             (_, Response::Rejected(message)) => Err(ApiError::FailedPrecondition(format!(
                 "the table refused the load: {message}"
             ))),

@@ -1,11 +1,19 @@
-//! The table state machine: applies `mvcc.v1.Command`s to a table's MVCC keyspaces and serves
-//! point-in-time reads.
+//! The table state machine: applies typed table commands to a table's MVCC keyspaces and
+//! serves point-in-time reads.
 //!
 //! # Concept
 //!
-//! A [`Table`] is the deterministic state machine of one table's Raft group. The Raft glue hands
-//! it committed log entries ([`Table::apply`]); every call is applied in ONE fjall write batch
-//! together with the [`AppliedPosition`], so data and position are always consistent on disk and
+//! A [`Table`] is the deterministic state machine of one table's Raft group. The log carries
+//! `mvcc.v1.Command` bytes (the replication and backup format, never re-encoded); the Raft glue
+//! decodes each entry once with [`Command::decode`], which validates everything checkable from
+//! the command alone and yields the table's own [`Command`] enum (or a [`Rejection`]). It then
+//! hands the table committed entries as [`ApplyEntry`]s — the entry's [`LogIndex`] and its
+//! command — through [`Table::apply`]. The table stamps revisions itself from its
+//! [`TableRole`] (`revision.rs`, the one owner of "what a revision is"), executes the
+//! commands, and answers each entry with an [`ApplyOutcome`]: a typed [`CommandOutcome`]
+//! (converted to protobuf only at the API edge) plus the [`Change`]s it made, which the
+//! future Watch consumes. Every call is applied in ONE fjall write batch together with the
+//! [`AppliedPosition`] it returns, so data and position are always consistent on disk and
 //! replaying the log after a crash from the persisted position yields the same state.
 //! Reads go through a [`ReadView`]: a fjall cross-keyspace snapshot plus the position it observed,
 //! so a view (a unary Range, a whole IterateRange stream, a snapshot transfer) never sees a
@@ -22,7 +30,8 @@
 //! # Invariants
 //!
 //! * Applies are serialised (one applier at a time); a command is validated completely before
-//!   it changes anything, so a rejected command (deterministic) changes no data.
+//!   it changes anything (decoding, then the table-dependent checks of apply), so a rejected
+//!   command (deterministic) changes no data.
 //! * An empty user key is never written.
 //! * Every write of one apply call is stamped with its entry's revision (or, inside a SEQUENCE,
 //!   the nested command's leader index); within one batch a key is written at most once per
@@ -31,29 +40,40 @@
 //! This crate is synchronous: no tokio, no Raft, no clocks.
 
 mod apply;
+mod command;
 mod create_cache;
 mod dump;
 mod dump_check;
 mod error;
 mod generation;
 mod load;
+mod outcome;
 mod position;
 mod read;
 mod response_budget;
+mod revision;
 mod snapshot;
 mod table;
 mod view;
 
 pub use armada_proto::mvcc::v1 as pb;
+pub use command::{
+    Command, Compare, CompareOperand, CompareResult, DeleteRange, Put, Rejection, Replicated, Txn,
+    TxnOp,
+};
 pub use dump::{DUMP_STREAM_IDENTIFIER, DumpReader};
 pub use dump_check::{DumpProblem, DumpSummary, check_dump};
 pub use error::TableError;
+pub use outcome::{
+    ApplyOutcome, Change, CommandOutcome, DeleteOutcome, OpOutcome, Previous, PutOutcome,
+    TxnOutcome,
+};
 pub use position::AppliedPosition;
 pub use response_budget::FIXED_OP_RESPONSE_BYTES;
 pub use table::{Table, TableRole};
 pub use view::ReadView;
 
-use armada_storage::Revision;
+use armada_storage::{LogIndex, Revision};
 use bytes::Bytes;
 
 /// Size cap of one response (unary Range, each IterateRange message, a whole txn response and
@@ -73,23 +93,18 @@ pub const MAX_SEQUENCE_DEPTH: usize = 4;
 /// One committed log entry to apply.
 #[derive(Clone, Copy, Debug)]
 pub struct ApplyEntry<'a> {
-    /// Revision stamped on this entry's writes (leader cluster: the entry's log index).
-    pub revision: Revision,
-    /// `None` for Raft blank and membership entries: no data change, the position still advances.
-    pub command: Option<&'a pb::Command>,
+    /// The entry's index in this cluster's log; the table derives revisions from it.
+    pub log_index: LogIndex,
+    /// `None` for Raft blank and membership entries and for entries whose command was
+    /// rejected when decoded: no data change, the position still advances.
+    pub command: Option<&'a Command>,
 }
 
-/// The result of one applied entry.
+/// What one [`Table::apply`] call did: an outcome per entry, and the position it stored.
 #[derive(Clone, Debug, PartialEq)]
-pub enum ApplyOutcome {
-    /// The command was applied (`command: None` entries too, with no responses).
-    /// `succeeded` is the compare result of a TXN, `true` for every other command.
-    Applied {
-        result: pb::CommandResult,
-        succeeded: bool,
-    },
-    /// The command is invalid (deterministically, so on every replica); nothing changed.
-    Rejected(String),
+pub struct AppliedBatch {
+    pub outcomes: Vec<ApplyOutcome>,
+    pub position: AppliedPosition,
 }
 
 /// The upper bound of a range query.
@@ -150,46 +165,15 @@ impl RangeQuery {
             max_response_bytes: MAX_RESPONSE_BYTES,
         }
     }
-
-    /// The query of a txn range op (negative limits are treated as none; apply rejects them).
-    pub fn from_request(op: &pb::request_op::Range) -> RangeQuery {
-        RangeQuery {
-            limit: u64::try_from(op.limit).unwrap_or(0),
-            keys_only: op.keys_only,
-            count_only: op.count_only,
-            ..RangeQuery::new(op.key.clone(), RangeEnd::from_wire(&op.range_end))
-        }
-    }
 }
 
 /// The result of a range read.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RangeOutcome {
+    #[serde(with = "outcome::wire_kvs")]
     pub kvs: Vec<pb::KeyValue>,
     /// Further matching keys exist after the limit or the size cap.
     pub more: bool,
     /// Number of kvs returned, or the number counted with `count_only` (bounded by limit).
     pub count: i64,
-}
-
-impl RangeOutcome {
-    /// The wire form of this outcome as a txn response.
-    pub fn into_response(self) -> pb::ResponseOp {
-        pb::ResponseOp {
-            response: Some(pb::response_op::Response::ResponseRange(
-                pb::response_op::Range {
-                    kvs: self.kvs,
-                    more: self.more,
-                    count: self.count,
-                },
-            )),
-        }
-    }
-}
-
-/// The result of a read-only txn evaluated on a view.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct TxnReadOutcome {
-    pub succeeded: bool,
-    pub responses: Vec<pb::ResponseOp>,
 }

@@ -18,6 +18,7 @@
 //! Related: `apply.rs` (write txns), `view.rs` (read-only txns), `read.rs` (`Collector`, the
 //! range cap of unary Range).
 
+use crate::command::Rejection;
 use crate::read::Reader;
 use crate::{MAX_RESPONSE_BYTES, RangeOutcome, RangeQuery, pb};
 
@@ -54,10 +55,12 @@ impl ResponseBudget {
     pub fn range(
         &mut self,
         reader: &Reader<'_>,
-        op: &pb::request_op::Range,
-    ) -> crate::error::Result<pb::ResponseOp> {
-        let mut query = RangeQuery::from_request(op);
-        query.max_response_bytes = self.remaining.saturating_sub(KV_ESTIMATE_SLACK_BYTES);
+        query: &RangeQuery,
+    ) -> crate::error::Result<RangeOutcome> {
+        let query = RangeQuery {
+            max_response_bytes: self.remaining.saturating_sub(KV_ESTIMATE_SLACK_BYTES),
+            ..query.clone()
+        };
         let mut outcome = reader.range(&query, None)?;
         let mut bytes = kvs_bytes(&outcome.kvs);
         if bytes > self.remaining {
@@ -70,7 +73,7 @@ impl ResponseBudget {
             bytes = 0;
         }
         self.remaining -= bytes;
-        Ok(outcome.into_response())
+        Ok(outcome)
     }
 
     /// Charges kvs already cut to [`Self::remaining`] (a delete's `prev_kvs`, by their size).
@@ -84,17 +87,17 @@ impl ResponseBudget {
     }
 
     /// Charges a put's `prev_kv`; `Err` is the refusal when it does not fit.
-    pub fn charge_prev_kv(&mut self, kv: &pb::KeyValue) -> Result<(), String> {
+    pub fn charge_prev_kv(&mut self, kv: &pb::KeyValue) -> Result<(), Rejection> {
         let bytes = kv_bytes(kv);
         if bytes > self.remaining {
-            return Err(format!(
+            return Err(Rejection(format!(
                 "the txn response would exceed the response limit of {MAX_RESPONSE_BYTES} bytes \
                  (the previous value of key {:?} is {} bytes, {} bytes are left); nothing was \
                  changed: ask for fewer prev_kv or smaller ranges",
                 String::from_utf8_lossy(&kv.key),
                 kv.value.len(),
                 self.remaining
-            ));
+            )));
         }
         self.remaining -= bytes;
         Ok(())
@@ -178,7 +181,7 @@ mod tests {
             .charge_prev_kv(&exact)
             .expect_err("nothing left");
         assert!(
-            message.contains(&MAX_RESPONSE_BYTES.to_string()),
+            message.0.contains(&MAX_RESPONSE_BYTES.to_string()),
             "{message}"
         );
         assert_eq!(budget.remaining(), left);

@@ -7,21 +7,29 @@
 //! write stall. `state` (generation handles, cached position) is write-locked by apply only to
 //! update the cache after its commit, and by install around switching generations, so a view
 //! never pairs a snapshot with the wrong generation's keyspaces.
+//!
+//! Apply: [`Table::apply`] runs the entries' typed commands through an `Applier` (`apply.rs`)
+//! and commits its batch with the position of `revision::position_after`. A staged-load step
+//! is applied alone: `check_load` (pure) decides the step against the staged load or rejects
+//! it, then `load_begin`, `load_chunk` or `load_commit` writes it with its position.
 
-use crate::apply::{Applier, check_put};
+use crate::apply::Applier;
+use crate::command::{Command, Rejection, check_put};
 use crate::error::{Result, TableError};
 use crate::generation::{
     Generation, delete_keyspaces, drop_generation, generation_numbers, open_generation, owner,
 };
 use crate::load::{Staging, StagingMeta};
 use crate::position::AppliedPosition;
+use crate::revision::{entry_revision, position_after};
 use crate::view::ReadView;
-use crate::{ApplyEntry, ApplyOutcome, pb, snapshot};
+use crate::{AppliedBatch, ApplyEntry, ApplyOutcome, CommandOutcome, pb, snapshot};
 use armada_storage::fjall::{Keyspace, Readable};
 use armada_storage::mvcc::{self, HistoryVersion};
-use armada_storage::{LeaderIndex, Revision, Storage, TableId, keyspace_bytes, keyspace_name};
+use armada_storage::{
+    LeaderIndex, LogIndex, Revision, Storage, TableId, keyspace_bytes, keyspace_name,
+};
 use bytes::Bytes;
-use pb::command::CommandType;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -164,35 +172,22 @@ impl Table {
         self.inner.id
     }
 
-    /// Applies consecutive log entries in one write batch together with `position`.
-    ///
-    /// The stored `position.leader_index` is the caller's when set; otherwise the last leader
-    /// index carried by a command of this batch; otherwise the previously stored one. On a
-    /// follower replica the stored revision is that leader index.
+    /// Applies consecutive log entries in one write batch together with the position after
+    /// the last of them ([`crate::revision::position_after`]: its log index, the revision the
+    /// table's role derives, the last leader index applied, and the glue's `raft_state`).
     ///
     /// A LOAD command (staged load, see `load.rs`) must be the only entry of its call.
-    pub fn apply(
-        &self,
-        entries: &[ApplyEntry<'_>],
-        position: &AppliedPosition,
-    ) -> Result<Vec<ApplyOutcome>> {
+    pub fn apply(&self, entries: &[ApplyEntry<'_>], raft_state: Bytes) -> Result<AppliedBatch> {
         let _applying = self
             .inner
             .apply_lock
             .lock()
             .expect("table apply lock poisoned");
-        let loads = entries
-            .iter()
-            .filter(|entry| entry.command.is_some_and(is_load_command))
-            .count();
-        if loads > 0 {
-            let [entry] = entries else {
-                return Err(TableError::InvalidArgument(
-                    "a LOAD command must be applied alone".into(),
-                ));
-            };
-            let command = entry.command.expect("counted as a LOAD command");
-            return Ok(vec![self.apply_load(entry, command, position)?]);
+        let Some(last) = entries.last() else {
+            return Err(TableError::InvalidArgument("no entries to apply".into()));
+        };
+        if let Some(command) = load_command(entries)? {
+            return self.apply_load(last.log_index, command, raft_state);
         }
         let (generation, previous_leader_index) = {
             let state = self.read_state();
@@ -209,9 +204,14 @@ impl Table {
         for entry in entries {
             outcomes.push(applier.apply_entry(entry)?);
         }
-        let stored = self.stored_position(position, applier.leader_index());
+        let position = position_after(
+            self.inner.role,
+            last.log_index,
+            applier.leader_index(),
+            raft_state,
+        );
         let (mut batch, written) = applier.into_batch(self.inner.storage.database())?;
-        batch.insert(&self.inner.meta, META_POSITION, stored.encode());
+        batch.insert(&self.inner.meta, META_POSITION, position.encode());
         if let Err(error) = batch.commit() {
             generation.create_revisions.clear();
             return Err(error.into());
@@ -219,12 +219,8 @@ impl Table {
         generation
             .create_revisions
             .record(written.iter().map(|(key, create)| (key, *create)));
-        self.inner
-            .state
-            .write()
-            .expect("table state lock poisoned")
-            .position = stored;
-        Ok(outcomes)
+        self.write_state().position = position.clone();
+        Ok(AppliedBatch { outcomes, position })
     }
 
     /// Whether applying `entries` now could block the calling thread for long: a large batch,
@@ -235,23 +231,15 @@ impl Table {
         // Writes in the batch, counting the commands nested in SEQUENCE (a follower cluster's
         // replicated batch: one entry of up to 4 MiB), PUT_BATCH/DELETE_BATCH and TXN.
         const INLINE_WRITES: usize = 256;
-        fn writes(command: &pb::Command) -> usize {
-            1 + command.batch.len()
-                + command
-                    .txn
-                    .as_ref()
-                    .map_or(0, |txn| txn.success.len() + txn.failure.len())
-                + command.sequence.iter().map(writes).sum::<usize>()
-        }
         if entries
             .iter()
-            .any(|entry| entry.command.is_some_and(is_load_command))
+            .any(|entry| entry.command.is_some_and(Command::is_load))
         {
             return true;
         }
         let mut total = 0;
         for entry in entries {
-            total += entry.command.map_or(1, writes);
+            total += entry.command.map_or(1, Command::write_count);
             if total > INLINE_WRITES {
                 return true;
             }
@@ -265,193 +253,169 @@ impl Table {
             })
     }
 
-    /// The position to persist for `position` given the leader index after the batch.
-    fn stored_position(
-        &self,
-        position: &AppliedPosition,
-        leader_index: Option<LeaderIndex>,
-    ) -> AppliedPosition {
-        let mut stored = position.clone();
-        stored.leader_index = position.leader_index.or(leader_index);
-        if self.inner.role == TableRole::Follower {
-            stored.revision = Revision::from_leader_index(stored.leader_index.unwrap_or_default());
-        }
-        stored
-    }
-
-    /// Applies one LOAD command (see `load.rs`) in its own batch.
+    /// Applies one LOAD command (see `load.rs`) in its own batch: a rejected step stores the
+    /// position only.
     fn apply_load(
         &self,
-        entry: &ApplyEntry<'_>,
-        command: &pb::Command,
-        position: &AppliedPosition,
-    ) -> Result<ApplyOutcome> {
-        let database = self.inner.storage.database();
+        log_index: LogIndex,
+        command: &Command,
+        raft_state: Bytes,
+    ) -> Result<AppliedBatch> {
         let (previous_leader_index, staging) = {
             let state = self.read_state();
             (state.position.leader_index, state.staging.clone())
         };
-        let accepted = || ApplyOutcome::Applied {
-            result: pb::CommandResult {
-                responses: Vec::new(),
-                revision: entry.revision.get(),
-            },
-            succeeded: true,
+        let revision = entry_revision(log_index);
+        let position = |leader_index| {
+            position_after(self.inner.role, log_index, leader_index, raft_state.clone())
         };
-        let current = staging
-            .as_ref()
-            .filter(|staging| staging.meta.load_id == command.load_id && command.load_id != 0);
-        let rejection = match CommandType::try_from(command.r#type) {
-            Ok(CommandType::LoadBegin) if command.load_id == 0 => {
-                Some("load_id must be set".into())
-            }
-            Ok(CommandType::LoadBegin)
-                if !command.load_keep_revisions && entry.revision.get() == 0 =>
-            {
-                Some("LOAD_BEGIN stamped with revision 0".into())
-            }
-            Ok(CommandType::LoadBegin) => None,
-            Ok(CommandType::LoadChunk | CommandType::LoadCommit) if current.is_none() => {
-                Some(format!("load {} is not in progress", command.load_id))
-            }
-            Ok(CommandType::LoadChunk) => {
-                check_load_chunk(&current.expect("checked").meta, &command.batch).err()
-            }
-            Ok(CommandType::LoadCommit) => {
-                let meta = &current.expect("checked").meta;
-                if meta.count != command.load_count {
-                    Some(format!(
-                        "load {} has {} records, the commit expects {}",
-                        meta.load_id, meta.count, command.load_count
-                    ))
-                } else if meta.keep_revisions && command.leader_index.is_none() {
-                    Some("a load that keeps revisions must commit with a leader index".into())
-                } else {
-                    None
-                }
-            }
-            _ => Some("not a LOAD command".into()),
-        };
-        if let Some(message) = rejection {
-            let stored = self.stored_position(position, previous_leader_index);
-            let mut batch = database.batch();
-            batch.insert(&self.inner.meta, META_POSITION, stored.encode());
-            batch.commit()?;
-            self.inner
-                .state
-                .write()
-                .expect("table state lock poisoned")
-                .position = stored;
-            return Ok(ApplyOutcome::Rejected(message));
-        }
-        let kind = CommandType::try_from(command.r#type).expect("checked above");
-        match kind {
-            CommandType::LoadBegin => {
-                let number = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
-                let generation =
-                    Arc::new(open_generation(&self.inner.storage, self.inner.id, number)?);
-                let meta = StagingMeta {
-                    load_id: command.load_id,
-                    generation: number,
-                    count: 0,
-                    begin_revision: entry.revision,
-                    keep_revisions: command.load_keep_revisions,
-                    last_key: None,
-                };
-                let stored = self.stored_position(position, previous_leader_index);
-                let mut batch = database.batch();
-                batch.insert(&self.inner.meta, META_STAGING, meta.encode());
-                batch.insert(&self.inner.meta, META_POSITION, stored.encode());
-                let replaced = {
-                    let mut state = self.inner.state.write().expect("table state lock poisoned");
-                    batch.commit()?;
-                    state.position = stored;
-                    state.staging.replace(Staging { meta, generation })
-                };
-                if let Some(replaced) = replaced {
-                    drop_generation(&self.inner.storage, &replaced.generation)?;
-                }
-            }
-            CommandType::LoadChunk => {
-                let staging = current.expect("checked");
-                let mut meta = staging.meta.clone();
-                let mut batch = database.batch();
-                for kv in &command.batch {
-                    let (create_revision, mod_revision) = if meta.keep_revisions {
-                        (
-                            Revision(kv.create_revision as u64),
-                            Revision(kv.mod_revision as u64),
-                        )
-                    } else {
-                        (meta.begin_revision, meta.begin_revision)
-                    };
-                    batch.insert(
-                        &staging.generation.latest,
-                        kv.key.as_ref(),
-                        mvcc::encode_latest(create_revision, mod_revision, &kv.value),
-                    );
-                    batch.insert(
-                        &staging.generation.history,
-                        mvcc::encode_history_key(&kv.key, mod_revision),
-                        mvcc::encode_history_version(&HistoryVersion::Put {
-                            create_revision,
-                            value: kv.value.as_ref(),
-                        }),
-                    );
-                    meta.count += 1;
-                }
-                if let Some(last) = command.batch.last() {
-                    meta.last_key = Some(last.key.clone());
-                }
-                let stored = self.stored_position(position, previous_leader_index);
-                batch.insert(&self.inner.meta, META_STAGING, meta.encode());
-                batch.insert(&self.inner.meta, META_POSITION, stored.encode());
-                let mut state = self.inner.state.write().expect("table state lock poisoned");
+        let outcome = match check_load(command, revision, staging.as_ref()) {
+            Err(rejection) => {
+                let position = position(previous_leader_index);
+                let mut batch = self.inner.storage.database().batch();
+                batch.insert(&self.inner.meta, META_POSITION, position.encode());
                 batch.commit()?;
-                state.position = stored;
-                state.staging = Some(Staging {
-                    meta,
-                    generation: staging.generation.clone(),
-                });
+                self.write_state().position = position;
+                ApplyOutcome::Rejected(rejection)
             }
-            CommandType::LoadCommit => {
-                let staging = current.expect("checked").clone();
-                let leader_index = command.leader_index.map(LeaderIndex);
-                let stored = self.stored_position(position, leader_index.or(previous_leader_index));
-                let compact_revision = match leader_index {
-                    Some(index) if staging.meta.keep_revisions => {
-                        Revision::from_leader_index(index)
+            Ok(step) => {
+                match step {
+                    LoadStep::Begin { load_id, keep } => {
+                        self.load_begin(load_id, keep, revision, position(previous_leader_index))?;
                     }
-                    _ => stored.revision,
-                };
-                let mut batch = database.batch();
-                batch.insert(
-                    &self.inner.meta,
-                    META_GENERATION,
-                    staging.meta.generation.to_be_bytes(),
-                );
-                batch.insert(&self.inner.meta, META_POSITION, stored.encode());
-                batch.insert(
-                    &self.inner.meta,
-                    META_COMPACT_REVISION,
-                    compact_revision.get().to_be_bytes(),
-                );
-                batch.remove(&self.inner.meta, META_STAGING);
-                let old = {
-                    let mut state = self.inner.state.write().expect("table state lock poisoned");
-                    batch.commit()?;
-                    let old = std::mem::replace(&mut state.generation, staging.generation.clone());
-                    state.position = stored;
-                    state.compact_revision = compact_revision;
-                    state.staging = None;
-                    old
-                };
-                self.inner.storage.sync()?;
-                drop_generation(&self.inner.storage, &old)?;
+                    LoadStep::Chunk { staging, records } => {
+                        self.load_chunk(staging, records, position(previous_leader_index))?;
+                    }
+                    LoadStep::Commit {
+                        staging,
+                        leader_index,
+                    } => {
+                        let position = position(leader_index.or(previous_leader_index));
+                        self.load_commit(staging, leader_index, position)?;
+                    }
+                }
+                ApplyOutcome::Applied {
+                    revision,
+                    outcome: CommandOutcome::Empty,
+                    changes: Vec::new(),
+                }
             }
-            _ => unreachable!("checked above"),
+        };
+        Ok(AppliedBatch {
+            outcomes: vec![outcome],
+            position: self.read_state().position.clone(),
+        })
+    }
+
+    /// LOAD_BEGIN: a new staging generation replaces any staged load.
+    fn load_begin(
+        &self,
+        load_id: u64,
+        keep_revisions: bool,
+        revision: Revision,
+        position: AppliedPosition,
+    ) -> Result<()> {
+        let number = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
+        let generation = Arc::new(open_generation(&self.inner.storage, self.inner.id, number)?);
+        let meta = StagingMeta {
+            load_id,
+            generation: number,
+            count: 0,
+            begin_revision: revision,
+            keep_revisions,
+            last_key: None,
+        };
+        let mut batch = self.inner.storage.database().batch();
+        batch.insert(&self.inner.meta, META_STAGING, meta.encode());
+        batch.insert(&self.inner.meta, META_POSITION, position.encode());
+        let replaced = {
+            let mut state = self.write_state();
+            batch.commit()?;
+            state.position = position;
+            state.staging.replace(Staging { meta, generation })
+        };
+        if let Some(replaced) = replaced {
+            drop_generation(&self.inner.storage, &replaced.generation)?;
         }
-        Ok(accepted())
+        Ok(())
+    }
+
+    /// LOAD_CHUNK: writes checked records into the staging generation.
+    fn load_chunk(
+        &self,
+        staging: &Staging,
+        records: &[pb::KeyValue],
+        position: AppliedPosition,
+    ) -> Result<()> {
+        let mut meta = staging.meta.clone();
+        let mut batch = self.inner.storage.database().batch();
+        for kv in records {
+            let (create_revision, mod_revision) = staged_revisions(&meta, kv);
+            batch.insert(
+                &staging.generation.latest,
+                kv.key.as_ref(),
+                mvcc::encode_latest(create_revision, mod_revision, &kv.value),
+            );
+            batch.insert(
+                &staging.generation.history,
+                mvcc::encode_history_key(&kv.key, mod_revision),
+                mvcc::encode_history_version(&HistoryVersion::Put {
+                    create_revision,
+                    value: kv.value.as_ref(),
+                }),
+            );
+            meta.count += 1;
+        }
+        if let Some(last) = records.last() {
+            meta.last_key = Some(last.key.clone());
+        }
+        batch.insert(&self.inner.meta, META_STAGING, meta.encode());
+        batch.insert(&self.inner.meta, META_POSITION, position.encode());
+        let mut state = self.write_state();
+        batch.commit()?;
+        state.position = position;
+        state.staging = Some(Staging {
+            meta,
+            generation: staging.generation.clone(),
+        });
+        Ok(())
+    }
+
+    /// LOAD_COMMIT: the staging generation becomes the table's, durably, then the old one goes.
+    fn load_commit(
+        &self,
+        staging: &Staging,
+        leader_index: Option<LeaderIndex>,
+        position: AppliedPosition,
+    ) -> Result<()> {
+        let compact_revision = match leader_index {
+            Some(index) if staging.meta.keep_revisions => Revision::from_leader_index(index),
+            _ => position.revision,
+        };
+        let mut batch = self.inner.storage.database().batch();
+        batch.insert(
+            &self.inner.meta,
+            META_GENERATION,
+            staging.meta.generation.to_be_bytes(),
+        );
+        batch.insert(&self.inner.meta, META_POSITION, position.encode());
+        batch.insert(
+            &self.inner.meta,
+            META_COMPACT_REVISION,
+            compact_revision.get().to_be_bytes(),
+        );
+        batch.remove(&self.inner.meta, META_STAGING);
+        let old = {
+            let mut state = self.write_state();
+            batch.commit()?;
+            let old = std::mem::replace(&mut state.generation, staging.generation.clone());
+            state.position = position;
+            state.compact_revision = compact_revision;
+            state.staging = None;
+            old
+        };
+        self.inner.storage.sync()?;
+        drop_generation(&self.inner.storage, &old)
     }
 
     /// Records staged by the load in progress (`None` when no load is staged).
@@ -607,29 +571,134 @@ impl Table {
     fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.inner.state.read().expect("table state lock poisoned")
     }
+
+    fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.inner.state.write().expect("table state lock poisoned")
+    }
 }
 
-fn is_load_command(command: &pb::Command) -> bool {
-    matches!(
-        CommandType::try_from(command.r#type),
-        Ok(CommandType::LoadBegin | CommandType::LoadChunk | CommandType::LoadCommit)
-    )
+/// The LOAD command of `entries`, which must then be their only entry.
+fn load_command<'a>(entries: &[ApplyEntry<'a>]) -> Result<Option<&'a Command>> {
+    let mut loads = entries
+        .iter()
+        .filter_map(|entry| entry.command.filter(|command| command.is_load()));
+    let Some(load) = loads.next() else {
+        return Ok(None);
+    };
+    if entries.len() > 1 {
+        return Err(TableError::InvalidArgument(
+            "a LOAD command must be applied alone".into(),
+        ));
+    }
+    Ok(Some(load))
+}
+
+/// A LOAD command checked against the staged load: what to do.
+enum LoadStep<'a> {
+    Begin {
+        load_id: u64,
+        keep: bool,
+    },
+    Chunk {
+        staging: &'a Staging,
+        records: &'a [pb::KeyValue],
+    },
+    Commit {
+        staging: &'a Staging,
+        leader_index: Option<LeaderIndex>,
+    },
+}
+
+/// Checks a LOAD command stamped with `revision` against the staged load (pure); `Err` is
+/// the rejection.
+fn check_load<'a>(
+    command: &'a Command,
+    revision: Revision,
+    staging: Option<&'a Staging>,
+) -> std::result::Result<LoadStep<'a>, Rejection> {
+    let current = |load_id: u64| {
+        staging
+            .filter(|staging| staging.meta.load_id == load_id && load_id != 0)
+            .ok_or_else(|| Rejection(format!("load {load_id} is not in progress")))
+    };
+    match command {
+        Command::LoadBegin { load_id: 0, .. } => Err(Rejection::new("load_id must be set")),
+        Command::LoadBegin {
+            keep_revisions: false,
+            ..
+        } if revision.get() == 0 => Err(Rejection::new("LOAD_BEGIN stamped with revision 0")),
+        Command::LoadBegin {
+            load_id,
+            keep_revisions,
+        } => Ok(LoadStep::Begin {
+            load_id: *load_id,
+            keep: *keep_revisions,
+        }),
+        Command::LoadChunk { load_id, records } => {
+            let staging = current(*load_id)?;
+            check_load_chunk(&staging.meta, records)?;
+            Ok(LoadStep::Chunk { staging, records })
+        }
+        Command::LoadCommit {
+            load_id,
+            count,
+            leader_index,
+        } => {
+            let staging = current(*load_id)?;
+            let meta = &staging.meta;
+            if meta.count != *count {
+                return Err(Rejection(format!(
+                    "load {} has {} records, the commit expects {count}",
+                    meta.load_id, meta.count
+                )));
+            }
+            if meta.keep_revisions && leader_index.is_none() {
+                return Err(Rejection::new(
+                    "a load that keeps revisions must commit with a leader index",
+                ));
+            }
+            Ok(LoadStep::Commit {
+                staging,
+                leader_index: *leader_index,
+            })
+        }
+        _ => Err(Rejection::new("not a LOAD command")),
+    }
+}
+
+/// The create and mod revisions of a staged record: its own when the load keeps revisions,
+/// else the load's begin revision.
+fn staged_revisions(meta: &StagingMeta, kv: &pb::KeyValue) -> (Revision, Revision) {
+    if meta.keep_revisions {
+        (
+            Revision(kv.create_revision as u64),
+            Revision(kv.mod_revision as u64),
+        )
+    } else {
+        (meta.begin_revision, meta.begin_revision)
+    }
 }
 
 /// Checks the records of a LOAD_CHUNK against the load so far; `Err` is the rejection.
-fn check_load_chunk(meta: &StagingMeta, batch: &[pb::KeyValue]) -> Result<(), String> {
+fn check_load_chunk(
+    meta: &StagingMeta,
+    batch: &[pb::KeyValue],
+) -> std::result::Result<(), Rejection> {
     let mut previous = meta.last_key.as_ref();
     for (number, kv) in batch.iter().enumerate() {
-        check_put(&kv.key, &kv.value).map_err(|message| format!("record {number}: {message}"))?;
+        check_put(&kv.key, &kv.value)
+            .map_err(|rejection| Rejection(format!("record {number}: {rejection}")))?;
         if previous.is_some_and(|previous| previous >= &kv.key) {
-            return Err(format!("record {number}: keys must be strictly increasing"));
+            return Err(Rejection(format!(
+                "record {number}: keys must be strictly increasing"
+            )));
         }
         if meta.keep_revisions && (kv.create_revision <= 0 || kv.mod_revision < kv.create_revision)
         {
-            return Err(format!(
+            return Err(Rejection(format!(
                 "record {number}: revisions create {} / mod {} are not valid",
                 kv.create_revision, kv.mod_revision
-            ));
+            )));
         }
         previous = Some(&kv.key);
     }

@@ -6,17 +6,16 @@
 //! concurrent snapshot installation does not disturb them. Keep views short-lived: an open
 //! snapshot keeps old versions from being dropped by LSM compaction.
 
-use crate::apply::{compares_hold, validate_txn};
+use crate::apply::compares_hold;
 use crate::error::{Result, TableError};
 use crate::generation::Generation;
 use crate::load::Staging;
 use crate::position::AppliedPosition;
 use crate::read::{HistoryReader, Reader};
 use crate::response_budget::ResponseBudget;
-use crate::{RangeOutcome, RangeQuery, TxnReadOutcome, dump, pb, snapshot};
+use crate::{OpOutcome, RangeOutcome, RangeQuery, Txn, TxnOp, TxnOutcome, dump, snapshot};
 use armada_storage::Revision;
 use armada_storage::fjall::{Readable, Snapshot};
-use pb::request_op::Request;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -99,10 +98,9 @@ impl ReadView {
     }
 
     /// Evaluates a txn whose ops are all ranges on this view (not logged).
-    pub fn txn_read_only(&self, txn: &pb::Txn) -> Result<TxnReadOutcome> {
-        validate_txn(txn).map_err(TableError::InvalidArgument)?;
+    pub fn txn_read_only(&self, txn: &Txn) -> Result<TxnOutcome> {
         let reader = self.reader();
-        let succeeded = compares_hold(&reader, &txn.compare)?;
+        let succeeded = compares_hold(&reader, &txn.compares)?;
         let ops = if succeeded {
             &txn.success
         } else {
@@ -111,14 +109,14 @@ impl ReadView {
         let mut responses = Vec::with_capacity(ops.len());
         let mut budget = ResponseBudget::for_ops(ops.len());
         for op in ops {
-            let Some(Request::RequestRange(range)) = &op.request else {
+            let TxnOp::Range(query) = op else {
                 return Err(TableError::InvalidArgument(
                     "read-only txn with a write op".into(),
                 ));
             };
-            responses.push(budget.range(&reader, range)?);
+            responses.push(OpOutcome::Range(budget.range(&reader, query)?));
         }
-        Ok(TxnReadOutcome {
+        Ok(TxnOutcome {
             succeeded,
             responses,
         })

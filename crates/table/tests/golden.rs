@@ -13,15 +13,17 @@
 //! `rev=N` is given, uses it as its revision.
 #![allow(clippy::too_many_lines)] // scenarios read top to bottom; the 70-line rule is for production code
 
-use armada_storage::{LeaderIndex, LogIndex, Revision, Storage, TableId};
+use armada_storage::{LeaderIndex, Revision, Storage, TableId};
 use armada_table::pb::command::CommandType;
 use armada_table::pb::compare::{CompareResult, CompareTarget, TargetUnion};
 use armada_table::pb::request_op::Request;
 use armada_table::pb::response_op::Response;
 use armada_table::{
-    AppliedPosition, ApplyEntry, ApplyOutcome, DumpReader, RangeEnd, RangeQuery, Table, TableRole,
-    pb,
+    AppliedPosition, ApplyOutcome, CommandOutcome, DumpReader, RangeEnd, RangeQuery, Table,
+    TableRole, Txn, pb,
 };
+
+mod common;
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -134,6 +136,21 @@ fn response_text(response: &pb::ResponseOp, out: &mut String) {
             writeln!(out, "  range count={} more={}", range.count, range.more).unwrap();
             for kv in &range.kvs {
                 writeln!(out, "    {}", kv_text(kv)).unwrap();
+            }
+        }
+    }
+}
+
+fn outcome_text(outcome: &ApplyOutcome, out: &mut String) {
+    match outcome {
+        ApplyOutcome::Rejected(message) => writeln!(out, "rejected: {message}").unwrap(),
+        ApplyOutcome::Applied {
+            revision, outcome, ..
+        } => {
+            let succeeded = outcome.succeeded();
+            writeln!(out, "applied rev={revision} succeeded={succeeded}").unwrap();
+            for response in common::wire_responses(outcome) {
+                response_text(&response, out);
             }
         }
     }
@@ -321,37 +338,15 @@ impl Runner {
     }
 
     /// Applies commands as consecutive entries in one call.
-    fn apply(&mut self, commands: &[(Option<pb::Command>, Option<u64>)], out: &mut String) {
-        let mut entries = Vec::new();
-        let mut position = AppliedPosition::default();
-        for (command, revision) in commands {
-            let index = self.next_index;
-            self.next_index += 1;
-            let revision = Revision(revision.unwrap_or(index));
-            entries.push(ApplyEntry {
-                revision,
-                command: command.as_ref(),
-            });
-            position.log_index = LogIndex(index);
-            position.revision = revision;
-        }
-        position.raft_state = Bytes::from(format!("raft@{}", position.log_index));
-        match self.table().apply(&entries, &position) {
+    fn apply(&mut self, commands: &[Option<pb::Command>], out: &mut String) {
+        let first = self.next_index;
+        self.next_index += commands.len() as u64;
+        let raft_state = Bytes::from(format!("raft@{}", self.next_index - 1));
+        match common::apply_wire(self.table(), first, commands, raft_state) {
             Err(error) => writeln!(out, "error: {error}").unwrap(),
-            Ok(outcomes) => {
+            Ok((outcomes, _)) => {
                 for outcome in outcomes {
-                    match outcome {
-                        ApplyOutcome::Rejected(message) => {
-                            writeln!(out, "rejected: {message}").unwrap()
-                        }
-                        ApplyOutcome::Applied { result, succeeded } => {
-                            writeln!(out, "applied rev={} succeeded={succeeded}", result.revision)
-                                .unwrap();
-                            for response in &result.responses {
-                                response_text(response, out);
-                            }
-                        }
-                    }
+                    outcome_text(&outcome, out);
                 }
             }
         }
@@ -377,17 +372,14 @@ impl Runner {
             "put" | "delete" | "put-batch" | "delete-batch" | "dummy" | "blank"
             | "unknown-type" => {
                 let command = simple_command(&words);
-                self.apply(&[(command, args.number("rev"))], &mut out);
+                self.apply(&[command], &mut out);
             }
             "batch" => {
                 let commands: Vec<_> = input[1..]
                     .iter()
                     .map(|line| {
                         let words: Vec<&str> = line.split_whitespace().collect();
-                        (
-                            simple_command(&words),
-                            Args::parse(&words[1..]).number("rev"),
-                        )
+                        simple_command(&words)
                     })
                     .collect();
                 self.apply(&commands, &mut out);
@@ -405,7 +397,7 @@ impl Runner {
                         .collect(),
                     ..Default::default()
                 };
-                self.apply(&[(Some(command), args.number("rev"))], &mut out);
+                self.apply(&[Some(command)], &mut out);
             }
             "txn" => {
                 let command = pb::Command {
@@ -413,17 +405,20 @@ impl Runner {
                     txn: Some(txn(&input[1..])),
                     ..Default::default()
                 };
-                self.apply(&[(Some(command), args.number("rev"))], &mut out);
+                self.apply(&[Some(command)], &mut out);
             }
-            "txn-read" => match self.table().read_view().txn_read_only(&txn(&input[1..])) {
-                Err(error) => writeln!(out, "error: {error}").unwrap(),
-                Ok(outcome) => {
-                    writeln!(out, "succeeded={}", outcome.succeeded).unwrap();
-                    for response in &outcome.responses {
-                        response_text(response, &mut out);
+            "txn-read" => {
+                let txn = Txn::from_wire(txn(&input[1..])).expect("a valid read-only txn");
+                match self.table().read_view().txn_read_only(&txn) {
+                    Err(error) => writeln!(out, "error: {error}").unwrap(),
+                    Ok(outcome) => {
+                        writeln!(out, "succeeded={}", outcome.succeeded).unwrap();
+                        for response in common::wire_responses(&CommandOutcome::Txn(outcome)) {
+                            response_text(&response, &mut out);
+                        }
                     }
                 }
-            },
+            }
             "range" => {
                 let view = self.table().read_view();
                 let query = range_query(&args);
@@ -543,7 +538,7 @@ impl Runner {
                         mod_revision: modified.parse().unwrap(),
                     });
                 }
-                self.apply(&[(Some(command), args.number("rev"))], &mut out);
+                self.apply(&[Some(command)], &mut out);
             }
             "staged" => match self.table().staged_load() {
                 None => writeln!(out, "none").unwrap(),

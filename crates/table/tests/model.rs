@@ -3,9 +3,11 @@
 //! revision must agree with the model. Keys use a tiny alphabet with `00` and `ff` bytes so
 //! that ranges, escaping and prefixes collide often.
 
-use armada_storage::{LogIndex, Revision, Storage, TableId};
+use armada_storage::{Revision, Storage, TableId};
 use armada_table::pb::command::CommandType;
-use armada_table::{AppliedPosition, ApplyEntry, ApplyOutcome, RangeEnd, RangeQuery, Table, pb};
+use armada_table::{ApplyOutcome, CommandOutcome, RangeEnd, RangeQuery, Table, pb};
+
+mod common;
 use bytes::Bytes;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -133,13 +135,11 @@ proptest! {
                 let revision = first + i as u64;
                 let deleted = apply_model(&mut state, op, revision);
                 history.push((revision, state.clone()));
-                let ApplyOutcome::Applied { result, .. } = outcome else {
+                let ApplyOutcome::Applied { revision: applied, outcome, .. } = outcome else {
                     panic!("rejected {op:?}");
                 };
-                prop_assert_eq!(result.revision, revision);
-                if let Some(pb::response_op::Response::ResponseDeleteRange(d)) =
-                    result.responses[0].response.as_ref()
-                {
+                prop_assert_eq!(applied, Revision(revision));
+                if let CommandOutcome::Delete(d) = outcome {
                     prop_assert_eq!(d.deleted, deleted);
                 }
             }
@@ -195,21 +195,7 @@ proptest! {
 /// Applies `ops` to `table` as one batch of entries at log indices `first..`.
 fn apply_ops(table: &Table, ops: &[Op], first: u64) -> Vec<ApplyOutcome> {
     let commands: Vec<pb::Command> = ops.iter().map(command).collect();
-    let entries: Vec<ApplyEntry<'_>> = commands
-        .iter()
-        .enumerate()
-        .map(|(i, c)| ApplyEntry {
-            revision: Revision(first + i as u64),
-            command: Some(c),
-        })
-        .collect();
-    let last = first + ops.len() as u64 - 1;
-    let position = AppliedPosition {
-        log_index: LogIndex(last),
-        revision: Revision(last),
-        ..Default::default()
-    };
-    table.apply(&entries, &position).unwrap()
+    common::apply_at(table, first + ops.len() as u64 - 1, &commands)
 }
 
 /// Applies `batches` to `table` and `state` from log index `index`; returns the last index.

@@ -5,8 +5,11 @@
 use armada_storage::{LeaderIndex, LogIndex, Revision, Storage, TableId};
 use armada_table::pb::command::CommandType;
 use armada_table::{
-    AppliedPosition, ApplyEntry, ApplyOutcome, MAX_RESPONSE_BYTES, RangeEnd, RangeQuery, Table, pb,
+    AppliedPosition, ApplyEntry, ApplyOutcome, Change, Command, CommandOutcome, MAX_RESPONSE_BYTES,
+    Previous, RangeEnd, RangeQuery, Table, Txn, pb,
 };
+
+mod common;
 use bytes::Bytes;
 use prost::Message;
 use std::io::Read;
@@ -24,21 +27,7 @@ fn put(key: &str, value: Vec<u8>) -> pb::Command {
 }
 
 fn apply(table: &Table, index: u64, commands: &[pb::Command]) -> Vec<ApplyOutcome> {
-    let first = index + 1 - commands.len() as u64;
-    let entries: Vec<_> = commands
-        .iter()
-        .enumerate()
-        .map(|(i, command)| ApplyEntry {
-            revision: Revision(first + i as u64),
-            command: Some(command),
-        })
-        .collect();
-    let position = AppliedPosition {
-        log_index: LogIndex(index),
-        revision: Revision(index),
-        ..Default::default()
-    };
-    table.apply(&entries, &position).unwrap()
+    common::apply_at(table, index, commands)
 }
 
 fn all() -> RangeQuery {
@@ -197,11 +186,11 @@ fn large_values_are_chunked_like_regatta() {
         ..Default::default()
     };
     let outcome = apply(&table, 12, &[delete]);
-    let ApplyOutcome::Applied { result, .. } = &outcome[0] else {
+    let ApplyOutcome::Applied { outcome, .. } = &outcome[0] else {
         panic!("rejected")
     };
-    let Some(pb::response_op::Response::ResponseDeleteRange(deleted)) =
-        &result.responses[0].response
+    let responses = common::wire_responses(outcome);
+    let Some(pb::response_op::Response::ResponseDeleteRange(deleted)) = &responses[0].response
     else {
         panic!("not a delete response")
     };
@@ -227,17 +216,26 @@ fn leader_index_is_kept_until_changed() {
         table.applied_position().unwrap().leader_index,
         Some(LeaderIndex(9))
     );
-    let entries = [ApplyEntry {
-        revision: Revision(4),
-        command: None,
-    }];
-    let position = AppliedPosition {
-        log_index: LogIndex(4),
-        revision: Revision(4),
+    let dummy = Command::Dummy {
         leader_index: Some(LeaderIndex(11)),
-        raft_state: Bytes::from_static(b"state"),
     };
-    table.apply(&entries, &position).unwrap();
+    let entries = [ApplyEntry {
+        log_index: LogIndex(4),
+        command: Some(&dummy),
+    }];
+    let position = table
+        .apply(&entries, Bytes::from_static(b"state"))
+        .unwrap()
+        .position;
+    assert_eq!(
+        position,
+        AppliedPosition {
+            log_index: LogIndex(4),
+            revision: Revision(4),
+            leader_index: Some(LeaderIndex(11)),
+            raft_state: Bytes::from_static(b"state"),
+        }
+    );
     drop(table);
     drop(storage);
     let storage = Storage::open(dir.path()).unwrap();
@@ -256,22 +254,18 @@ fn a_load_command_must_be_applied_alone() {
         load_id: 1,
         ..Default::default()
     };
+    let decoded = Command::from_wire(begin.clone()).unwrap();
     let entries = [
         ApplyEntry {
-            revision: Revision(2),
-            command: Some(&begin),
+            log_index: LogIndex(2),
+            command: Some(&decoded),
         },
         ApplyEntry {
-            revision: Revision(3),
+            log_index: LogIndex(3),
             command: None,
         },
     ];
-    let position = AppliedPosition {
-        log_index: LogIndex(3),
-        revision: Revision(3),
-        ..Default::default()
-    };
-    assert!(table.apply(&entries, &position).is_err());
+    assert!(table.apply(&entries, Bytes::new()).is_err());
     assert_eq!(table.staged_load(), None);
     assert_eq!(
         table.applied_position().unwrap(),
@@ -284,12 +278,19 @@ fn a_load_command_must_be_applied_alone() {
     assert_eq!(table.staged_load(), Some((1, 0)));
 }
 
-fn entries(commands: &[pb::Command]) -> Vec<ApplyEntry<'_>> {
+fn decoded(commands: &[pb::Command]) -> Vec<Command> {
+    commands
+        .iter()
+        .map(|command| Command::from_wire(command.clone()).unwrap())
+        .collect()
+}
+
+fn entries(commands: &[Command]) -> Vec<ApplyEntry<'_>> {
     commands
         .iter()
         .enumerate()
         .map(|(i, command)| ApplyEntry {
-            revision: Revision(2 + i as u64),
+            log_index: LogIndex(2 + i as u64),
             command: Some(command),
         })
         .collect()
@@ -301,22 +302,22 @@ fn large_batches_loads_and_long_sequences_may_block_small_batches_do_not() {
     let storage = Storage::open(dir.path()).unwrap();
     let table = Table::open(&storage, TableId(10001)).unwrap();
     let small: Vec<pb::Command> = (0..20).map(|n| put(&format!("k{n}"), vec![1])).collect();
-    assert!(!table.apply_may_block(&entries(&small)));
+    assert!(!table.apply_may_block(&entries(&decoded(&small))));
     let large: Vec<pb::Command> = (0..300).map(|n| put(&format!("k{n}"), vec![1])).collect();
-    assert!(table.apply_may_block(&entries(&large)));
+    assert!(table.apply_may_block(&entries(&decoded(&large))));
     // One entry carrying many writes (a follower cluster's replicated SEQUENCE) counts them all.
     let sequence = pb::Command {
         r#type: CommandType::Sequence as i32,
         sequence: large.clone(),
         ..Default::default()
     };
-    assert!(table.apply_may_block(&entries(std::slice::from_ref(&sequence))));
+    assert!(table.apply_may_block(&entries(&decoded(std::slice::from_ref(&sequence)))));
     let begin = pb::Command {
         r#type: CommandType::LoadBegin as i32,
         load_id: 1,
         ..Default::default()
     };
-    assert!(table.apply_may_block(&entries(std::slice::from_ref(&begin))));
+    assert!(table.apply_may_block(&entries(&decoded(std::slice::from_ref(&begin)))));
     // The small batch still applies (inline or not, the outcome is the same).
     assert_eq!(apply(&table, 21, &small).len(), 20);
 }
@@ -369,9 +370,8 @@ fn op_delete_all(prev_kv: bool) -> pb::RequestOp {
 }
 
 /// The encoded size of a txn's whole response as the API sends it.
-fn txn_response_bytes(result: &pb::CommandResult) -> usize {
-    result
-        .responses
+fn txn_response_bytes(outcome: &CommandOutcome) -> usize {
+    common::wire_responses(outcome)
         .iter()
         .map(|op| {
             let len = op.encoded_len();
@@ -433,14 +433,15 @@ fn txn_ranges_share_one_response_budget_and_say_more() {
         ],
     );
     let outcome = apply(&table, 5, &[command]);
-    let ApplyOutcome::Applied { result, succeeded } = &outcome[0] else {
+    let ApplyOutcome::Applied { outcome, .. } = &outcome[0] else {
         panic!("refused: {outcome:?}")
     };
-    assert!(succeeded);
-    assert!(txn_response_bytes(result) < MAX_RESPONSE_BYTES);
-    let first = range_response(&result.responses[1]);
+    assert!(outcome.succeeded());
+    assert!(txn_response_bytes(outcome) < MAX_RESPONSE_BYTES);
+    let responses = common::wire_responses(outcome);
+    let first = range_response(&responses[1]);
     assert_eq!((first.kvs.len(), first.more, first.count), (2, true, 2));
-    let second = range_response(&result.responses[2]);
+    let second = range_response(&responses[2]);
     assert_eq!((second.kvs.len(), second.more, second.count), (0, true, 0));
     // The write took effect, and the same ranges read alone are complete again.
     let view = table.read_view();
@@ -450,11 +451,14 @@ fn txn_ranges_share_one_response_budget_and_say_more() {
         success: vec![op_range_all(), op_range_all()],
         failure: Vec::new(),
     };
-    let outcome = view.txn_read_only(&read_only).unwrap();
-    let bytes: usize = outcome.responses.iter().map(Message::encoded_len).sum();
+    let outcome = view
+        .txn_read_only(&Txn::from_wire(read_only).unwrap())
+        .unwrap();
+    let responses = common::wire_responses(&CommandOutcome::Txn(outcome));
+    let bytes: usize = responses.iter().map(Message::encoded_len).sum();
     assert!(bytes < MAX_RESPONSE_BYTES);
-    assert!(range_response(&outcome.responses[0]).more);
-    assert!(range_response(&outcome.responses[1]).more);
+    assert!(range_response(&responses[0]).more);
+    assert!(range_response(&responses[1]).more);
 }
 
 #[test]
@@ -486,7 +490,7 @@ fn a_txn_whose_prev_kvs_cannot_fit_is_refused_and_changes_nothing() {
         panic!("applied: {:?}", outcome[1])
     };
     assert!(
-        message.contains(&MAX_RESPONSE_BYTES.to_string()),
+        message.message().contains(&MAX_RESPONSE_BYTES.to_string()),
         "{message}"
     );
     assert!(matches!(outcome[0], ApplyOutcome::Applied { .. }));
@@ -511,12 +515,12 @@ fn a_txn_whose_prev_kvs_cannot_fit_is_refused_and_changes_nothing() {
         ],
     );
     let outcome = apply(&table, 8, &[command]);
-    let ApplyOutcome::Applied { result, .. } = &outcome[0] else {
+    let ApplyOutcome::Applied { outcome, .. } = &outcome[0] else {
         panic!("refused: {outcome:?}")
     };
-    assert!(txn_response_bytes(result) < MAX_RESPONSE_BYTES);
-    let Some(pb::response_op::Response::ResponseDeleteRange(deleted)) =
-        &result.responses[2].response
+    assert!(txn_response_bytes(outcome) < MAX_RESPONSE_BYTES);
+    let responses = common::wire_responses(outcome);
+    let Some(pb::response_op::Response::ResponseDeleteRange(deleted)) = &responses[2].response
     else {
         panic!("not a delete response")
     };
@@ -604,4 +608,161 @@ fn disk_bytes_count_unflushed_writes() {
     let storage = Storage::open(dir.path()).unwrap();
     let table = Table::open(&storage, TableId(10001)).unwrap();
     assert!(table.disk_bytes() >= 2 * written, "{}", table.disk_bytes());
+}
+
+fn changes_of(outcome: &ApplyOutcome) -> Vec<Change> {
+    match outcome {
+        ApplyOutcome::Applied { changes, .. } => changes.clone(),
+        ApplyOutcome::Rejected(rejection) => panic!("rejected: {rejection}"),
+    }
+}
+
+fn stored(key: &str, value: &str, create: i64, modified: i64) -> pb::KeyValue {
+    pb::KeyValue {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        create_revision: create,
+        mod_revision: modified,
+        value: Bytes::copy_from_slice(value.as_bytes()),
+    }
+}
+
+fn change(key: &str, prev_kv: Previous, kv: Option<pb::KeyValue>, revision: u64) -> Change {
+    Change {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        prev_kv,
+        kv,
+        revision: Revision(revision),
+    }
+}
+
+/// Every applied write lists the keys it changed — previous and new key-value, revision — in
+/// write order: what the Watch will stream.
+#[test]
+fn every_write_lists_its_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path()).unwrap();
+    let table = Table::open(&storage, TableId(10001)).unwrap();
+    // A new key, then two in one batch: the second entry sees the first one's write.
+    let outcomes = apply(&table, 2, &[put("a", b"1".to_vec())]);
+    assert_eq!(
+        changes_of(&outcomes[0]),
+        [change(
+            "a",
+            Previous::Absent,
+            Some(stored("a", "1", 2, 2)),
+            2
+        )]
+    );
+    let outcomes = apply(
+        &table,
+        4,
+        &[put("b", b"1".to_vec()), put("b", b"2".to_vec())],
+    );
+    assert_eq!(
+        changes_of(&outcomes[1]),
+        [change(
+            "b",
+            Previous::Kv(stored("b", "1", 3, 3)),
+            Some(stored("b", "2", 3, 4)),
+            4
+        )]
+    );
+    // An overwrite of a key the create-revision cache knows does not read the old value
+    // unless the put asks for it.
+    let outcomes = apply(&table, 5, &[put("a", b"2".to_vec())]);
+    assert_eq!(
+        changes_of(&outcomes[0]),
+        [change(
+            "a",
+            Previous::NotRead {
+                create_revision: Revision(2)
+            },
+            Some(stored("a", "2", 2, 5)),
+            5
+        )]
+    );
+    let mut asking = put("a", b"3".to_vec());
+    asking.prev_kvs = true;
+    let outcomes = apply(&table, 6, &[asking]);
+    assert_eq!(
+        changes_of(&outcomes[0]),
+        [change(
+            "a",
+            Previous::Kv(stored("a", "2", 2, 5)),
+            Some(stored("a", "3", 2, 6)),
+            6
+        )]
+    );
+    // A txn's ops in order: a delete of the whole table, then a put of a deleted key.
+    let command = txn(
+        Vec::new(),
+        vec![
+            op_range_all(),
+            op_delete_all(false),
+            op_put("b", b"3".to_vec(), false),
+        ],
+    );
+    let outcomes = apply(&table, 7, &[command]);
+    assert_eq!(
+        changes_of(&outcomes[0]),
+        [
+            change("a", Previous::Kv(stored("a", "3", 2, 6)), None, 7),
+            change("b", Previous::Kv(stored("b", "2", 3, 4)), None, 7),
+            change("b", Previous::Absent, Some(stored("b", "3", 7, 7)), 7),
+        ]
+    );
+    // A refused command lists nothing.
+    let outcomes = apply(&table, 8, &[put("", b"x".to_vec())]);
+    assert!(matches!(outcomes[0], ApplyOutcome::Rejected(_)));
+}
+
+#[test]
+fn a_replicated_sequence_lists_its_changes_at_their_leader_indices() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path()).unwrap();
+    let table =
+        Table::open_as(&storage, TableId(10001), armada_table::TableRole::Follower).unwrap();
+    let replicated = |index: u64, mut command: pb::Command| {
+        command.leader_index = Some(index);
+        command
+    };
+    let delete = pb::Command {
+        r#type: CommandType::Delete as i32,
+        kv: Some(pb::KeyValue {
+            key: Bytes::from_static(b"x"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let sequence = pb::Command {
+        r#type: CommandType::Sequence as i32,
+        sequence: vec![
+            replicated(1, put("x", b"1".to_vec())),
+            replicated(2, put("", b"refused by the leader too".to_vec())),
+            replicated(3, put("y", b"1".to_vec())),
+            replicated(4, delete),
+        ],
+        ..Default::default()
+    };
+    let outcomes = apply(&table, 9, &[sequence]);
+    let ApplyOutcome::Applied {
+        revision, outcome, ..
+    } = &outcomes[0]
+    else {
+        panic!("rejected: {outcomes:?}")
+    };
+    assert_eq!(*revision, Revision(4));
+    let CommandOutcome::Sequence(nested) = outcome else {
+        panic!("not a sequence: {outcome:?}")
+    };
+    assert_eq!(nested.len(), 3, "the rejected command has no answer");
+    assert_eq!(
+        changes_of(&outcomes[0]),
+        [
+            change("x", Previous::Absent, Some(stored("x", "1", 1, 1)), 1),
+            change("y", Previous::Absent, Some(stored("y", "1", 3, 3)), 3),
+            change("x", Previous::Kv(stored("x", "1", 1, 1)), None, 4),
+        ]
+    );
+    assert_eq!(table.applied_position().unwrap().revision, Revision(4));
 }

@@ -1,7 +1,7 @@
 //! `regatta.v1.KV`: Range, IterateRange, Put, DeleteRange, Txn.
 //!
-//! Writes become one `mvcc.v1.Command` proposed to the table's Raft group; the answer comes
-//! from applying it. Reads open a point-in-time view of the local replica; with
+//! Writes become one `mvcc.v1.Command` proposed to the table's Raft group; the answer is the
+//! typed outcome of applying it, converted to the response by `api/convert.rs`. Reads open a point-in-time view of the local replica; with
 //! `linearizable=true` a ReadIndex round confirms leadership first and waits until the
 //! replica has applied up to it. Read-only transactions are linearizable reads, never logged.
 
@@ -12,13 +12,14 @@ use armada_proto::regatta::v1::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
     TxnRequest, TxnResponse,
 };
-use armada_table::{RangeEnd, RangeQuery, ReadView, pb};
+use armada_storage::Revision;
+use armada_table::{CommandOutcome, RangeEnd, RangeQuery, ReadView, TableError, Txn, pb};
 use bytes::Bytes;
 use prost::Message;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{deadline, header, metered, validate};
+use super::{convert, deadline, header, metered, validate};
 use crate::error::ApiError;
 use crate::groups::types::{self, Response as RaftResponse};
 use crate::node::{GroupHandle, Node, TableGroup};
@@ -53,14 +54,14 @@ impl KvService {
         group: &Arc<TableGroup>,
         command: pb::Command,
         deadline: tokio::time::Instant,
-    ) -> Result<(pb::CommandResult, bool), ApiError> {
+    ) -> Result<(Revision, CommandOutcome), ApiError> {
         let request = types::Request(Bytes::from(command.encode_to_vec()));
         let (_, response) = self
             .node
             .write(&GroupHandle::Table(group.clone()), request, deadline)
             .await?;
         match response {
-            RaftResponse::Table { result, succeeded } => Ok((result, succeeded)),
+            RaftResponse::Table { revision, outcome } => Ok((revision, outcome)),
             RaftResponse::Rejected(message) => Err(ApiError::InvalidArgument(message)),
             other => Err(ApiError::Internal(format!(
                 "unexpected apply response {other:?}"
@@ -85,12 +86,10 @@ impl KvService {
                 .map_err(|error| ApiError::Internal(error.to_string()))?
         }
         .map_err(ApiError::from_table)?;
-        Ok(RangeResponse {
-            header: Some(header(&self.node, &group, revision)),
-            kvs: outcome.kvs,
-            more: outcome.more,
-            count: outcome.count,
-        })
+        Ok(convert::range_response(
+            header(&self.node, &group, revision),
+            outcome,
+        ))
     }
 
     async fn put_inner(&self, request: Request<PutRequest>) -> Result<PutResponse, ApiError> {
@@ -114,19 +113,8 @@ impl KvService {
             prev_kvs: request.prev_kv,
             ..Default::default()
         };
-        let (result, _) = self.propose(&group, command, deadline).await?;
-        let prev_kv = result
-            .responses
-            .into_iter()
-            .next()
-            .and_then(|op| match op.response {
-                Some(pb::response_op::Response::ResponsePut(put)) => put.prev_kv,
-                _ => None,
-            });
-        Ok(PutResponse {
-            header: Some(header(&self.node, &group, result.revision)),
-            prev_kv,
-        })
+        let (revision, outcome) = self.propose(&group, command, deadline).await?;
+        convert::put_response(header(&self.node, &group, revision.get()), outcome)
     }
 
     async fn delete_range_inner(
@@ -140,7 +128,7 @@ impl KvService {
         }
         let table = validate::table(&request.table)?;
         validate::key("key", &request.key)?;
-        let range_end = validate::range_end("range_end", &request.range_end)?;
+        validate::range_end("range_end", &request.range_end)?;
         let group = self.node.table(&table).await?;
         let command = pb::Command {
             table: request.table,
@@ -149,31 +137,14 @@ impl KvService {
                 key: request.key,
                 ..Default::default()
             }),
-            range_end: match range_end {
-                RangeEnd::Single => None,
-                _ => Some(request.range_end),
-            },
+            // Empty: the single key (RangeEnd::from_wire reads the field the same way).
+            range_end: (!request.range_end.is_empty()).then_some(request.range_end),
             prev_kvs: request.prev_kv,
             count: true,
             ..Default::default()
         };
-        let (result, _) = self.propose(&group, command, deadline).await?;
-        let (deleted, prev_kvs) = match result
-            .responses
-            .into_iter()
-            .next()
-            .and_then(|op| op.response)
-        {
-            Some(pb::response_op::Response::ResponseDeleteRange(delete)) => {
-                (delete.deleted, delete.prev_kvs)
-            }
-            _ => (0, Vec::new()),
-        };
-        Ok(DeleteRangeResponse {
-            header: Some(header(&self.node, &group, result.revision)),
-            deleted,
-            prev_kvs,
-        })
+        let (revision, outcome) = self.propose(&group, command, deadline).await?;
+        convert::delete_range_response(header(&self.node, &group, revision.get()), outcome)
     }
 
     async fn txn_inner(&self, request: Request<TxnRequest>) -> Result<TxnResponse, ApiError> {
@@ -197,17 +168,19 @@ impl KvService {
             failure: request.failure,
         };
         if validate::txn_is_read_only_ops(&txn) {
+            let txn = Txn::from_wire(txn).map_err(|rejection| {
+                ApiError::from_table(TableError::InvalidArgument(rejection.0))
+            })?;
             let view = self.read_view(&group, true, deadline).await?;
             let revision = view.position().revision.get();
             let outcome = tokio::task::spawn_blocking(move || view.txn_read_only(&txn))
                 .await
                 .map_err(|error| ApiError::Internal(error.to_string()))?
                 .map_err(ApiError::from_table)?;
-            return Ok(TxnResponse {
-                header: Some(header(&self.node, &group, revision)),
-                succeeded: outcome.succeeded,
-                responses: outcome.responses,
-            });
+            return Ok(convert::txn_response(
+                header(&self.node, &group, revision),
+                outcome,
+            ));
         }
         let command = pb::Command {
             table: request.table,
@@ -215,12 +188,11 @@ impl KvService {
             txn: Some(txn),
             ..Default::default()
         };
-        let (result, succeeded) = self.propose(&group, command, deadline).await?;
-        Ok(TxnResponse {
-            header: Some(header(&self.node, &group, result.revision)),
-            succeeded,
-            responses: result.responses,
-        })
+        let (revision, outcome) = self.propose(&group, command, deadline).await?;
+        Ok(convert::txn_response(
+            header(&self.node, &group, revision.get()),
+            convert::txn_outcome(outcome)?,
+        ))
     }
 
     async fn iterate_inner(
@@ -268,12 +240,7 @@ fn stream_chunks(
         let limit_reached = limit > 0 && sent >= limit;
         let last_key = outcome.kvs.last().map(|kv| kv.key.clone());
         let continues = outcome.more && !limit_reached && last_key.is_some() && !query.count_only;
-        let message = RangeResponse {
-            header: Some(header),
-            kvs: outcome.kvs,
-            more: outcome.more,
-            count: outcome.count,
-        };
+        let message = convert::range_response(header, outcome);
         if sender.blocking_send(Ok(message)).is_err() {
             return; // the client went away
         }

@@ -2,6 +2,7 @@
 //! and turn every error into a `Status` through `ApiError` (crate::error) only.
 
 pub mod cluster;
+pub mod convert;
 pub mod kv;
 pub mod maintenance;
 pub mod replication;

@@ -6,8 +6,8 @@ use bytes::Bytes;
 
 use crate::error::ApiError;
 
-pub const MAX_KEY_BYTES: usize = 1024;
-pub const MAX_VALUE_BYTES: usize = 2 * 1024 * 1024;
+/// The key and value limits are the table's (SPEC §2), checked here first to name the field.
+pub use armada_table::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub const MAX_TXN_COMPARES: usize = 128;
 pub const MAX_TXN_OPS: usize = 128;
 pub const MAX_TABLE_NAME_BYTES: usize = 255;
@@ -77,17 +77,16 @@ pub fn value(field: &str, value: &[u8]) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `range_end`: empty = the single key, `"\0"` = to the end of the table, else `[key, end)`.
+/// `range_end` (read by [`RangeEnd::from_wire`]: empty = the single key, `"\0"` = to the end
+/// of the table, else `[key, end)`), at most a key long.
 pub fn range_end(field: &str, end: &Bytes) -> Result<RangeEnd, ApiError> {
-    match end.as_ref() {
-        [] => Ok(RangeEnd::Single),
-        [0] => Ok(RangeEnd::Unbounded),
-        bytes if bytes.len() > MAX_KEY_BYTES => Err(ApiError::invalid(format!(
+    if end.len() > MAX_KEY_BYTES {
+        return Err(ApiError::invalid(format!(
             "{field} must be at most {MAX_KEY_BYTES} bytes, got {}",
-            bytes.len()
-        ))),
-        _ => Ok(RangeEnd::To(end.clone())),
+            end.len()
+        )));
     }
+    Ok(RangeEnd::from_wire(end))
 }
 
 fn non_negative(field: &str, value: i64) -> Result<u64, ApiError> {

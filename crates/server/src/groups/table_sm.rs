@@ -1,20 +1,22 @@
 //! A table group's state machine: openraft's `RaftStateMachine` over [`armada_table::Table`].
 //!
-//! openraft hands entries in batches; each batch is applied in one storage write batch
-//! together with the applied position (the Raft log id and membership, stored as an opaque
-//! blob by the table), so a crash can never leave data and position apart. Revisions on the
-//! leader cluster are the entries' own log indices (`Revision::from_leader_cluster_log_index`).
-//! After each batch the applied revision is published for waiters (linearizable reads,
-//! read-your-writes).
+//! openraft hands entries in batches. Each entry's `mvcc.v1.Command` bytes are decoded and
+//! validated once, into the table's typed [`Command`] ([`Command::decode`]); an entry that does
+//! not validate is applied as a blank one (the position advances) and answers its rejection.
+//! The entries are then applied by [`Table::apply`] in one storage write batch together with
+//! the applied position (the Raft log id and membership, stored as an opaque blob by the
+//! table), so a crash can never leave data and position apart. The glue hands the table log
+//! indices only: the table derives revisions from its role (`armada_table`'s `revision.rs`).
+//! A staged-load command is applied alone, in its own batch. After each batch the position
+//! the table stored is published for waiters (linearizable reads, read-your-writes).
 
 use std::io;
 
-use armada_storage::{LogIndex, Revision};
-use armada_table::{AppliedPosition, ApplyEntry, ApplyOutcome, Table, pb};
+use armada_storage::LogIndex;
+use armada_table::{AppliedPosition, ApplyEntry, ApplyOutcome, Command, Rejection, Table};
 use futures::{Stream, TryStreamExt};
-use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::storage::{ApplyResponder, EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
-use prost::Message;
 use tokio::sync::watch;
 
 use super::snapshot::SnapshotData;
@@ -72,19 +74,138 @@ impl TableStateMachine {
     }
 }
 
-fn is_load_command(command: &pb::Command) -> bool {
-    use pb::command::CommandType;
-    matches!(
-        CommandType::try_from(command.r#type),
-        Ok(CommandType::LoadBegin | CommandType::LoadChunk | CommandType::LoadCommit)
-    )
+/// An entry's command: `None` for blank and membership entries, `Err` when its bytes do not
+/// decode into a valid command.
+type Decoded = Result<Option<Command>, Rejection>;
+
+/// The entries of one `apply` call from openraft, decoded.
+#[derive(Default)]
+struct Batch {
+    log_ids: Vec<LogId>,
+    decoded: Vec<Decoded>,
+    responders: Vec<Option<ApplyResponder<TypeConfig>>>,
+    /// Membership changes as (position of the entry, the new membership); the membership in
+    /// effect after entry `at` is the last change at or before `at`.
+    membership_changes: Vec<(usize, StoredMembership)>,
+    recent: Vec<CachedEntry>,
 }
 
-fn decode_command(bytes: &[u8]) -> Result<pb::Command, String> {
-    pb::Command::decode(bytes).map_err(|error| format!("undecodable command: {error}"))
+impl Batch {
+    fn push(&mut self, entry: &openraft::alias::EntryOf<TypeConfig>) -> Decoded {
+        self.recent.push(CachedEntry::of(entry));
+        match &entry.payload {
+            EntryPayload::Normal(request) => Command::decode(&request.0).map(Some),
+            EntryPayload::Blank => Ok(None),
+            EntryPayload::Membership(config) => {
+                self.membership_changes.push((
+                    self.log_ids.len(),
+                    StoredMembership::new(Some(entry.log_id), config.clone()),
+                ));
+                Ok(None)
+            }
+        }
+    }
+
+    fn entries(&self) -> Vec<ApplyEntry<'_>> {
+        self.log_ids
+            .iter()
+            .zip(&self.decoded)
+            .map(|(log_id, decoded)| ApplyEntry {
+                log_index: LogIndex(log_id.index),
+                command: decoded.as_ref().ok().and_then(Option::as_ref),
+            })
+            .collect()
+    }
+
+    /// The membership in effect after entry `at`, `current` when the batch changed none.
+    fn membership_after(&self, at: usize, current: StoredMembership) -> StoredMembership {
+        match self
+            .membership_changes
+            .iter()
+            .rev()
+            .find(|(change, _)| *change <= at)
+        {
+            Some((_, membership)) => membership.clone(),
+            None => current,
+        }
+    }
+}
+
+/// Splits a batch into the ranges applied by one `Table::apply` call each: a staged-load
+/// command alone, the entries between loads together.
+fn segments(entries: &[ApplyEntry<'_>]) -> Vec<std::ops::Range<usize>> {
+    let mut segments = Vec::new();
+    let mut start = 0;
+    for (at, entry) in entries.iter().enumerate() {
+        if entry.command.is_some_and(Command::is_load) {
+            if start < at {
+                segments.push(start..at);
+            }
+            segments.push(at..at + 1);
+            start = at + 1;
+        }
+    }
+    if start < entries.len() {
+        segments.push(start..entries.len());
+    }
+    segments
+}
+
+/// What the proposer of an entry hears.
+fn response(decoded: Decoded, outcome: ApplyOutcome) -> Response {
+    match (decoded, outcome) {
+        (Err(rejection), _) | (Ok(Some(_)), ApplyOutcome::Rejected(rejection)) => {
+            Response::Rejected(rejection.0)
+        }
+        (Ok(None), _) => Response::Empty,
+        (
+            Ok(Some(_)),
+            ApplyOutcome::Applied {
+                revision, outcome, ..
+            },
+        ) => Response::Table { revision, outcome },
+    }
 }
 
 impl TableStateMachine {
+    /// Applies a decoded batch, segment by segment (`segments`), publishing the position
+    /// after each; one outcome per entry.
+    fn apply_segments(
+        &self,
+        batch: &Batch,
+        recent: Vec<CachedEntry>,
+    ) -> io::Result<Vec<ApplyOutcome>> {
+        let entries = batch.entries();
+        let mut outcomes = Vec::with_capacity(entries.len());
+        let mut recent = recent.into_iter();
+        for segment in segments(&entries) {
+            let last_at = segment.end - 1;
+            let membership = batch.membership_after(last_at, self.current_membership());
+            let raft_state = RaftAppliedState {
+                last_applied: Some(batch.log_ids[last_at]),
+                last_membership: membership.clone(),
+            }
+            .encode();
+            let segment_entries = &entries[segment.clone()];
+            let applied = if self.table.apply_may_block(segment_entries) {
+                tokio::task::block_in_place(|| self.table.apply(segment_entries, raft_state))
+            } else {
+                // A small batch into memtables with no back-pressure: tens of microseconds,
+                // cheaper inline than handing the worker thread over (block_in_place).
+                self.table.apply(segment_entries, raft_state)
+            }
+            .map_err(io::Error::other)?;
+            outcomes.extend(applied.outcomes);
+            if let Ok(mut guard) = self.membership.lock() {
+                *guard = membership;
+            }
+            // Before publishing: a stream woken by the new position finds the entries cached.
+            self.log_cache.append(recent.by_ref().take(segment.len()));
+            self.applied.send_replace(applied.position);
+        }
+        Ok(outcomes)
+    }
+
     /// The current state as a snapshot: durable first (the log below it may then be purged),
     /// then described by the position of a point-in-time view of it.
     async fn current_snapshot(
@@ -143,113 +264,28 @@ impl RaftStateMachine<TypeConfig> for TableStateMachine {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
-        let mut log_ids = Vec::new();
-        let mut commands: Vec<Result<Option<pb::Command>, String>> = Vec::new();
-        let mut responders = Vec::new();
-        // Membership changes in this batch, as (position of the entry, the new membership);
-        // the membership in effect after entry `at` is the last change at or before `at`.
-        let mut membership_changes: Vec<(usize, StoredMembership)> = Vec::new();
-        let mut recent = Vec::new();
+        let mut batch = Batch::default();
         while let Some((entry, responder)) = entries.try_next().await? {
-            recent.push(CachedEntry::of(&entry));
-            commands.push(match &entry.payload {
-                EntryPayload::Normal(request) => decode_command(&request.0).map(Some),
-                EntryPayload::Blank => Ok(None),
-                EntryPayload::Membership(config) => {
-                    membership_changes.push((
-                        log_ids.len(),
-                        StoredMembership::new(Some(entry.log_id), config.clone()),
-                    ));
-                    Ok(None)
-                }
-            });
-            log_ids.push(entry.log_id);
-            responders.push(responder);
+            let decoded = batch.push(&entry);
+            batch.decoded.push(decoded);
+            batch.log_ids.push(entry.log_id);
+            batch.responders.push(responder);
         }
-        if log_ids.is_empty() {
+        let Some(last) = batch.log_ids.last().copied() else {
             return Ok(());
-        }
-        let apply_entries: Vec<ApplyEntry<'_>> = log_ids
-            .iter()
-            .zip(&commands)
-            .map(|(log_id, command)| ApplyEntry {
-                revision: Revision::from_leader_cluster_log_index(LogIndex(log_id.index)),
-                command: command.as_ref().ok().and_then(|command| command.as_ref()),
-            })
-            .collect();
-        // A staged-load command is applied alone (its own batch and position).
-        let mut segments = Vec::new();
-        let mut start = 0;
-        for (at, entry) in apply_entries.iter().enumerate() {
-            if entry.command.is_some_and(is_load_command) {
-                if start < at {
-                    segments.push(start..at);
-                }
-                segments.push(at..at + 1);
-                start = at + 1;
-            }
-        }
-        if start < apply_entries.len() {
-            segments.push(start..apply_entries.len());
-        }
-        let mut outcomes = Vec::with_capacity(apply_entries.len());
-        let mut recent = recent.into_iter();
-        for segment in segments {
-            let last_at = segment.end - 1;
-            let segment_len = segment.len();
-            let last = log_ids[last_at];
-            let membership = match membership_changes
-                .iter()
-                .rev()
-                .find(|(at, _)| *at <= last_at)
-            {
-                Some((_, membership)) => membership.clone(),
-                None => self.current_membership(),
-            };
-            let position = AppliedPosition {
-                log_index: LogIndex(last.index),
-                revision: Revision::from_leader_cluster_log_index(LogIndex(last.index)),
-                leader_index: None,
-                raft_state: RaftAppliedState {
-                    last_applied: Some(last),
-                    last_membership: membership.clone(),
-                }
-                .encode(),
-            };
-            outcomes.extend(
-                if self.table.apply_may_block(&apply_entries[segment.clone()]) {
-                    tokio::task::block_in_place(|| {
-                        self.table.apply(&apply_entries[segment], &position)
-                    })
-                } else {
-                    // A small batch into memtables with no back-pressure: tens of microseconds,
-                    // cheaper inline than handing the worker thread over (block_in_place).
-                    self.table.apply(&apply_entries[segment], &position)
-                }
-                .map_err(io::Error::other)?,
-            );
-            if let Ok(mut guard) = self.membership.lock() {
-                *guard = membership;
-            }
-            // Before publishing: a stream woken by the new position finds the entries cached.
-            self.log_cache.append(recent.by_ref().take(segment_len));
-            // The table completes the position (a follower's revision is its leader index).
-            let stored = self.table.applied_position().map_err(io::Error::other)?;
-            self.applied.send_replace(stored);
-        }
-        let last = log_ids[log_ids.len() - 1];
+        };
+        let recent = std::mem::take(&mut batch.recent);
+        let outcomes = self.apply_segments(&batch, recent)?;
         self.applied_gauge.set(last.index as f64);
-        for ((responder, command), outcome) in responders.into_iter().zip(commands).zip(outcomes) {
-            let Some(responder) = responder else { continue };
-            let response = match (command, outcome) {
-                (Err(message), _) => Response::Rejected(message),
-                (Ok(None), _) => Response::Empty,
-                (Ok(Some(_)), ApplyOutcome::Applied { result, succeeded }) => {
-                    Response::Table { result, succeeded }
-                }
-                (Ok(Some(_)), ApplyOutcome::Rejected(message)) => Response::Rejected(message),
-            };
-            responder.send(response);
+        for ((responder, decoded), outcome) in batch
+            .responders
+            .into_iter()
+            .zip(batch.decoded)
+            .zip(outcomes)
+        {
+            if let Some(responder) = responder {
+                responder.send(response(decoded, outcome));
+            }
         }
         Ok(())
     }

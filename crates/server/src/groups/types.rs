@@ -7,9 +7,9 @@
 
 use std::fmt;
 
-use armada_table::pb;
+use armada_storage::Revision;
+use armada_table::CommandOutcome;
 use bytes::Bytes;
-use prost::Message;
 use serde::{Deserialize, Serialize};
 
 openraft::declare_raft_types!(
@@ -34,10 +34,11 @@ pub enum Response {
     /// A Raft-internal entry (blank, membership) or a command with no answer.
     #[default]
     Empty,
-    /// A table command: its result (revision and per-operation responses).
+    /// A table command's answer: the revision to report and the typed outcome (converted
+    /// to a gRPC response by `api/convert.rs`).
     Table {
-        result: pb::CommandResult,
-        succeeded: bool,
+        revision: Revision,
+        outcome: CommandOutcome,
     },
     /// A command the state machine refused, deterministically, without changing anything.
     Rejected(String),
@@ -45,13 +46,15 @@ pub enum Response {
     Catalog(crate::catalog::state::CatalogOutcome),
 }
 
-// openraft's `serde` feature requires R: Serialize, but responses never leave the process
-// (forwarded writes are re-encoded as gRPC responses). Encode them compactly anyway so the
-// bound is honest: protobuf for table results, JSON for the rest.
+// Responses cross nodes for forwarded writes (`PeerResponse::Write`, postcard): table
+// outcomes as their serde form (kvs as protobuf bytes), the rest as they are.
 #[derive(Serialize, Deserialize)]
 enum ResponseWire {
     Empty,
-    Table { result: Vec<u8>, succeeded: bool },
+    Table {
+        revision: u64,
+        outcome: CommandOutcome,
+    },
     Rejected(String),
     Catalog(crate::catalog::state::CatalogOutcome),
 }
@@ -60,9 +63,9 @@ impl Serialize for Response {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let wire = match self {
             Response::Empty => ResponseWire::Empty,
-            Response::Table { result, succeeded } => ResponseWire::Table {
-                result: result.encode_to_vec(),
-                succeeded: *succeeded,
+            Response::Table { revision, outcome } => ResponseWire::Table {
+                revision: revision.get(),
+                outcome: outcome.clone(),
             },
             Response::Rejected(message) => ResponseWire::Rejected(message.clone()),
             Response::Catalog(outcome) => ResponseWire::Catalog(outcome.clone()),
@@ -75,10 +78,9 @@ impl<'de> Deserialize<'de> for Response {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         Ok(match ResponseWire::deserialize(deserializer)? {
             ResponseWire::Empty => Response::Empty,
-            ResponseWire::Table { result, succeeded } => Response::Table {
-                result: pb::CommandResult::decode(result.as_slice())
-                    .map_err(serde::de::Error::custom)?,
-                succeeded,
+            ResponseWire::Table { revision, outcome } => Response::Table {
+                revision: Revision(revision),
+                outcome,
             },
             ResponseWire::Rejected(message) => Response::Rejected(message),
             ResponseWire::Catalog(outcome) => Response::Catalog(outcome),
