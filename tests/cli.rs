@@ -394,7 +394,16 @@ async fn every_error_class_has_its_exit_code_and_a_json_form() {
     // millisecond tick against a fast loopback answer and sometimes lost.)
     let late = {
         let _stopped = Stopped::new(armada.pid());
-        run(&["kv", "get", "cli", "k", "--timeout", "0.3", "--address", api])
+        run(&[
+            "kv",
+            "get",
+            "cli",
+            "k",
+            "--timeout",
+            "0.3",
+            "--address",
+            api,
+        ])
     };
     assert_eq!(code(&late), Some(7), "{late:?}");
     // 8: a table that exists.

@@ -67,10 +67,7 @@ impl TableStateMachine {
     }
 
     fn current_membership(&self) -> StoredMembership {
-        self.membership
-            .lock()
-            .map(|guard| guard.clone())
-            .unwrap_or_default()
+        crate::fail_stop::lock(&self.membership, "the table's membership").clone()
     }
 }
 
@@ -194,11 +191,13 @@ impl TableStateMachine {
                 // cheaper inline than handing the worker thread over (block_in_place).
                 self.table.apply(segment_entries, raft_state)
             }
-            .map_err(io::Error::other)?;
+            // Rejections are outcomes; an error here is storage failing under this replica
+            // alone, so its state may now differ from its peers': stop (ADR 0009).
+            .unwrap_or_else(|error| {
+                crate::fail_stop::stop(&format!("applying to table {}", self.table.id()), &error)
+            });
             outcomes.extend(applied.outcomes);
-            if let Ok(mut guard) = self.membership.lock() {
-                *guard = membership;
-            }
+            *crate::fail_stop::lock(&self.membership, "the table's membership") = membership;
             // Before publishing: a stream woken by the new position finds the entries cached.
             self.log_cache.append(recent.by_ref().take(segment.len()));
             self.applied.send_replace(applied.position);
@@ -309,9 +308,7 @@ impl RaftStateMachine<TypeConfig> for TableStateMachine {
         .await
         .map_err(io::Error::other)??;
         let state = RaftAppliedState::decode(&position.raft_state)?;
-        if let Ok(mut guard) = self.membership.lock() {
-            *guard = state.last_membership;
-        }
+        *crate::fail_stop::lock(&self.membership, "the table's membership") = state.last_membership;
         metrics::counter!("armada_raft_snapshot_installs_total", "shard_id" => self.table.id().to_string())
             .increment(1);
         tracing::info!(
