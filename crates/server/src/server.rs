@@ -269,7 +269,7 @@ async fn wait_for(mut stop: watch::Receiver<bool>) {
 
 async fn create_initial_tables(node: &Arc<Node>) -> anyhow::Result<()> {
     for name in node
-        .config
+        .config()
         .tables
         .names
         .split(',')

@@ -119,14 +119,14 @@ impl ClusterService {
         let seconds_since_contact = self.leader_contact(&mut errors);
         let config = request
             .config
-            .then(|| to_struct(self.node.config.flat_redacted()));
+            .then(|| to_struct(self.node.config().flat_redacted()));
         Ok(StatusResponse {
-            id: self.node.node_id.to_string(),
+            id: self.node.node_id().to_string(),
             version: crate::build_info::VERSION.to_string(),
             info: format!(
                 "{}, cluster {}",
                 crate::build_info::description(),
-                self.node.config.cluster.name
+                self.node.config().cluster.name
             ),
             tables,
             config,
@@ -174,7 +174,7 @@ impl Cluster for ClusterService {
                 })
                 .collect();
             Ok(MemberListResponse {
-                cluster: self.node.config.cluster.name.clone(),
+                cluster: self.node.config().cluster.name.clone(),
                 members,
             })
         })

@@ -65,7 +65,7 @@ pub fn header(node: &Node, group: &TableGroup, revision: u64) -> ResponseHeader 
     let (raft_term, raft_leader_id) = group.term_and_leader();
     ResponseHeader {
         shard_id: group.id.get(),
-        replica_id: node.node_id.get(),
+        replica_id: node.node_id().get(),
         revision,
         raft_term,
         raft_leader_id,
