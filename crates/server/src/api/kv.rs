@@ -12,6 +12,7 @@ use armada_proto::regatta::v1::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
     TxnRequest, TxnResponse,
 };
+use armada_storage::Revision;
 use armada_table::{RangeEnd, RangeQuery, ReadView, pb};
 use bytes::Bytes;
 use prost::Message;
@@ -76,7 +77,7 @@ impl KvService {
         let view = self
             .read_view(&group, request.linearizable, deadline)
             .await?;
-        let revision = view.position().revision.get();
+        let revision = view.position().revision;
         let outcome = if query.range_end == RangeEnd::Single {
             view.range(&query)
         } else {
@@ -124,7 +125,7 @@ impl KvService {
                 _ => None,
             });
         Ok(PutResponse {
-            header: Some(header(&self.node, &group, result.revision)),
+            header: Some(header(&self.node, &group, Revision(result.revision))),
             prev_kv,
         })
     }
@@ -170,7 +171,7 @@ impl KvService {
             _ => (0, Vec::new()),
         };
         Ok(DeleteRangeResponse {
-            header: Some(header(&self.node, &group, result.revision)),
+            header: Some(header(&self.node, &group, Revision(result.revision))),
             deleted,
             prev_kvs,
         })
@@ -198,7 +199,7 @@ impl KvService {
         };
         if validate::txn_is_read_only_ops(&txn) {
             let view = self.read_view(&group, true, deadline).await?;
-            let revision = view.position().revision.get();
+            let revision = view.position().revision;
             let outcome = tokio::task::spawn_blocking(move || view.txn_read_only(&txn))
                 .await
                 .map_err(|error| ApiError::Internal(error.to_string()))?
@@ -217,7 +218,7 @@ impl KvService {
         };
         let (result, succeeded) = self.propose(&group, command, deadline).await?;
         Ok(TxnResponse {
-            header: Some(header(&self.node, &group, result.revision)),
+            header: Some(header(&self.node, &group, Revision(result.revision))),
             succeeded,
             responses: result.responses,
         })
@@ -234,7 +235,7 @@ impl KvService {
         let view = self
             .read_view(&group, request.linearizable, deadline)
             .await?;
-        let header = header(&self.node, &group, view.position().revision.get());
+        let header = header(&self.node, &group, view.position().revision);
         let (sender, receiver) = tokio::sync::mpsc::channel(2);
         tokio::task::spawn_blocking(move || stream_chunks(view, query, header, sender));
         Ok(ReceiverStream::new(receiver))

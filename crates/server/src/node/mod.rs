@@ -170,7 +170,7 @@ impl Node {
         let catalog = openraft::Raft::new(
             node_id.get(),
             raft_config.clone(),
-            ClusterNetwork::new(transport.clone(), CATALOG_GROUP.get()),
+            ClusterNetwork::new(transport.clone(), CATALOG_GROUP),
             log.group(CATALOG_GROUP),
             catalog_sm,
         )
@@ -215,26 +215,26 @@ impl Node {
     }
 
     /// The group with this id, if it runs here.
-    pub fn group_by_id(&self, id: u64) -> Option<GroupHandle> {
-        if id == CATALOG_GROUP.get() {
+    pub fn group_by_id(&self, id: TableId) -> Option<GroupHandle> {
+        if id == CATALOG_GROUP {
             return Some(GroupHandle::Catalog(self.catalog.clone()));
         }
         self.table_groups()
             .values()
-            .find(|group| group.id.get() == id)
+            .find(|group| group.id == id)
             .map(|group| GroupHandle::Table(group.clone()))
     }
 
     async fn call_peer(
         &self,
-        peer: u64,
+        peer: NodeId,
         request: &PeerRequest,
         deadline: tokio::time::Instant,
     ) -> Result<PeerResult, TransportError> {
         let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
         let answer = self
             .transport
-            .call(peer, rpc::encode(request), timeout)
+            .call(peer.get(), rpc::encode(request), timeout)
             .await?;
         rpc::decode::<PeerResult>(&answer).map_err(TransportError::Remote)
     }
@@ -256,19 +256,20 @@ impl Node {
     }
 
     /// Every member's id, Raft address and (when it answers) client address.
-    pub async fn member_addresses(&self) -> Vec<(u64, String, Option<String>)> {
+    pub async fn member_addresses(&self) -> Vec<(NodeId, String, Option<String>)> {
         let deadline = tokio::time::Instant::now() + MEMBER_INFO_TIMEOUT;
         let mut out = Vec::new();
-        for (id, node) in &self.members {
-            let api = if *id == self.node_id.get() {
+        for (&id, node) in &self.members {
+            let id = NodeId(id);
+            let api = if id == self.node_id {
                 Some(self.api_advertise_address())
             } else {
-                match self.call_peer(*id, &PeerRequest::NodeInfo, deadline).await {
+                match self.call_peer(id, &PeerRequest::NodeInfo, deadline).await {
                     Ok(Ok(PeerResponse::NodeInfo { api_address, .. })) => Some(api_address),
                     _ => None,
                 }
             };
-            out.push((*id, node.addr.clone(), api));
+            out.push((id, node.addr.clone(), api));
         }
         out
     }
@@ -323,13 +324,13 @@ impl Node {
                 .values()
                 .map(|group| GroupHandle::Table(group.clone())),
         );
-        let me = self.node_id.get();
+        let me = self.node_id;
         // A member that has not acknowledged anything for an election timeout cannot take
         // over (a leader cut off from its peers would otherwise wait the whole `timeout`).
         let recent = Duration::from_millis(self.raft_config.election_timeout_min);
         let mut moving = Vec::new();
         for handle in handles {
-            if handle.current_leader() != Some(me) {
+            if handle.raft_leader() != Some(me) {
                 continue;
             }
             let target = match &handle {
@@ -348,10 +349,10 @@ impl Node {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut moved = 0;
         for handle in &moving {
-            while handle.current_leader() == Some(me) && tokio::time::Instant::now() < deadline {
+            while handle.raft_leader() == Some(me) && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            if handle.current_leader() != Some(me) {
+            if handle.raft_leader() != Some(me) {
                 moved += 1;
             }
         }
@@ -416,9 +417,9 @@ const LEADERSHIP_TRANSFER_TIMEOUT: Duration = Duration::from_secs(2);
 /// those that acknowledged the leader within `recent`.
 fn best_successor(
     metrics: &openraft::RaftMetrics<crate::groups::types::TypeConfig>,
-    me: u64,
+    me: NodeId,
     recent: Duration,
-) -> Option<u64> {
+) -> Option<NodeId> {
     use openraft::Instant as _;
     let heard_lately = |id: &u64| {
         metrics
@@ -432,14 +433,14 @@ fn best_successor(
         .replication
         .as_ref()?
         .iter()
-        .filter(|(id, _)| **id != me && heard_lately(id))
+        .filter(|(id, _)| **id != me.get() && heard_lately(id))
         .max_by_key(|(id, matched)| {
             (
                 matched.as_ref().map(|log_id| log_id.index),
                 std::cmp::Reverse(**id),
             )
         })
-        .map(|(id, _)| *id)
+        .map(|(id, _)| NodeId(*id))
 }
 
 /// Pause between attempts to reach a group's Raft leader.
@@ -478,7 +479,7 @@ where
 }
 
 impl GroupDirectory for Node {
-    fn group_by_id(&self, id: u64) -> Option<GroupHandle> {
+    fn group_by_id(&self, id: TableId) -> Option<GroupHandle> {
         Node::group_by_id(self, id)
     }
 

@@ -11,6 +11,8 @@
 
 use std::sync::Arc;
 
+use armada_storage::LogIndex;
+
 use crate::cluster::rpc::{PeerError, PeerRequest, PeerResponse};
 use crate::error::ApiError;
 use crate::groups::handle::GroupHandle;
@@ -30,29 +32,29 @@ impl Node {
         group: &GroupHandle,
         request: Request,
         deadline: tokio::time::Instant,
-    ) -> Result<(u64, Response), ApiError> {
+    ) -> Result<(LogIndex, Response), ApiError> {
         loop {
-            let leader = match group.current_leader() {
-                Some(leader) => leader,
-                None => group.wait_for_leader(deadline).await.ok_or_else(|| {
+            let raft_leader = match group.raft_leader() {
+                Some(raft_leader) => raft_leader,
+                None => group.wait_for_raft_leader(deadline).await.ok_or_else(|| {
                     ApiError::Unavailable("the table's Raft group has no leader".into())
                 })?,
             };
-            let attempt = if leader == self.node_id.get() {
+            let attempt = if raft_leader == self.node_id {
                 match tokio::time::timeout_at(deadline, group.write_here(request.clone())).await {
                     Ok(result) => result.map_err(Some),
                     Err(_) => return Err(ApiError::DeadlineExceeded),
                 }
             } else {
-                // A leader that dies with the write in flight never answers; once this replica
+                // A Raft leader that dies with the write in flight never answers; once this replica
                 // sees another term, the write's outcome is unknown (it may have been appended
                 // and replicated) and waiting for the deadline would not tell more.
                 let forwarded = tokio::select! {
                     biased;
-                    outcome = self.forwarder.forward(leader, group.id(), request.clone(), deadline) => outcome,
-                    () = group.leader_moved_from(leader) => {
+                    outcome = self.forwarder.forward(raft_leader, group.id(), request.clone(), deadline) => outcome,
+                    () = group.raft_leader_moved_from(raft_leader) => {
                         return Err(ApiError::Unavailable(format!(
-                            "the Raft leader changed while the write was forwarded to node {leader}; its outcome is unknown"
+                            "the Raft leader changed while the write was forwarded to node {raft_leader}; its outcome is unknown"
                         )));
                     }
                 };
@@ -65,7 +67,7 @@ impl Node {
                     Err(TransportError::Timeout { .. }) => return Err(ApiError::DeadlineExceeded),
                     Err(error) => {
                         return Err(ApiError::Unavailable(format!(
-                            "forwarding to the Raft leader (node {leader}) failed, the write's outcome is unknown: {error}"
+                            "forwarding to the Raft leader (node {raft_leader}) failed, the write's outcome is unknown: {error}"
                         )));
                     }
                 }
@@ -106,26 +108,26 @@ impl Node {
         &self,
         handle: &GroupHandle,
         deadline: tokio::time::Instant,
-    ) -> Result<u64, ApiError> {
+    ) -> Result<LogIndex, ApiError> {
         loop {
-            let leader = match handle.current_leader() {
-                Some(leader) => leader,
-                None => handle.wait_for_leader(deadline).await.ok_or_else(|| {
+            let raft_leader = match handle.raft_leader() {
+                Some(raft_leader) => raft_leader,
+                None => handle.wait_for_raft_leader(deadline).await.ok_or_else(|| {
                     ApiError::Unavailable("the table's Raft group has no leader".into())
                 })?,
             };
-            let index = if leader == self.node_id.get() {
+            let index = if raft_leader == self.node_id {
                 tokio::time::timeout_at(deadline, handle.read_index_here())
                     .await
                     .map_err(|_| ApiError::DeadlineExceeded)?
             } else {
-                // Reads are safe to retry: a leader that dies with the request in flight is
+                // Reads are safe to retry: a Raft leader that dies with the request in flight is
                 // asked no more once this replica sees another term.
                 let request = PeerRequest::ReadIndex { group: handle.id() };
                 let asked = tokio::select! {
                     biased;
-                    answer = self.call_peer(leader, &request, deadline) => Some(answer),
-                    () = handle.leader_moved_from(leader) => None,
+                    answer = self.call_peer(raft_leader, &request, deadline) => Some(answer),
+                    () = handle.raft_leader_moved_from(raft_leader) => None,
                 };
                 let Some(answer) = asked else { continue };
                 match answer {
@@ -163,13 +165,13 @@ impl Node {
     async fn wait_applied(
         &self,
         group: &TableGroup,
-        index: u64,
+        index: LogIndex,
         deadline: tokio::time::Instant,
     ) -> Result<(), ApiError> {
         let mut applied = group.state_machine.subscribe();
         tokio::time::timeout_at(
             deadline,
-            applied.wait_for(|position| position.log_index.get() >= index),
+            applied.wait_for(|position| position.log_index >= index),
         )
         .await
         .map_err(|_| ApiError::DeadlineExceeded)?

@@ -70,7 +70,7 @@ impl Node {
         let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
         self.catalog
             .wait(Some(timeout))
-            .applied_index_at_least(Some(index), "catalog read index")
+            .applied_index_at_least(Some(index.get()), "catalog read index")
             .await
             .is_ok()
     }
@@ -132,7 +132,7 @@ impl Node {
         let raft = openraft::Raft::new(
             self.node_id.get(),
             self.raft_config.clone(),
-            ClusterNetwork::new(self.transport.clone(), id.get()),
+            ClusterNetwork::new(self.transport.clone(), id),
             self.log.group(id),
             state_machine.clone(),
         )
