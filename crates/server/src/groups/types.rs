@@ -45,9 +45,10 @@ pub enum Response {
     Catalog(crate::catalog::state::CatalogOutcome),
 }
 
-// openraft's `serde` feature requires R: Serialize, but responses never leave the process
-// (forwarded writes are re-encoded as gRPC responses). Encode them compactly anyway so the
-// bound is honest: protobuf for table results, JSON for the rest.
+// Responses cross nodes: a write forwarded to the Raft leader comes back as
+// `PeerResponse::Write` or `WriteBatch` (cluster/rpc.rs), postcard-encoded. A table result is a
+// protobuf message (no serde), so it travels as its protobuf bytes; the rest as they are.
+// Variants are appended, never reordered: postcard encodes a variant's position.
 #[derive(Serialize, Deserialize)]
 enum ResponseWire {
     Empty,

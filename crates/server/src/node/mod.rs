@@ -381,10 +381,6 @@ impl Node {
         }
     }
 
-    pub fn log_bytes(&self, id: TableId) -> u64 {
-        self.log.group_log_bytes(id)
-    }
-
     pub fn log_engine(&self) -> &Arc<LogEngine> {
         &self.log
     }
