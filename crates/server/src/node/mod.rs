@@ -6,8 +6,8 @@
 //!
 //! - this file: the struct, [`Node::start`] and [`Node::shutdown`] (with the Raft leadership
 //!   hand-over), readiness, and read-only accessors for the rest of the server;
-//! - [`propose`]: the propose/read seam, [`Node::write`] and [`Node::linearize`];
-//! - [`reconcile`]: the running table groups kept equal to the catalog, table creation and
+//! - `propose`: the propose/read seam, [`Node::write`] and [`Node::linearize`];
+//! - `reconcile`: the running table groups kept equal to the catalog, table creation and
 //!   deletion, and [`Node::table`], the lookup of a table's group by name.
 //!
 //! Table groups are looked up through an immutable snapshot map swapped on change, so the
