@@ -62,7 +62,7 @@ impl Node {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |elapsed| elapsed.as_nanos() as u64);
-        let load_id = (nanos ^ (self.node_id.get() << 56)).max(1);
+        let load_id = (nanos ^ (self.node_id().get() << 56)).max(1);
         let table = Bytes::from(group.name.clone().into_bytes());
         let command = |r#type: CommandType| pb::Command {
             table: table.clone(),

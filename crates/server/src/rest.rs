@@ -109,7 +109,7 @@ pub fn record_node_gauges(node: &Node) {
         metrics::gauge!("armada_raft_has_leader", &labels)
             .set(f64::from(u8::from(metrics.current_leader.is_some())));
         metrics::gauge!("armada_raft_is_leader", &labels).set(f64::from(u8::from(
-            metrics.current_leader == Some(node.node_id.get()),
+            metrics.current_leader == Some(node.node_id().get()),
         )));
         metrics::gauge!("armada_raft_last_log_index", &labels)
             .set(metrics.last_log_index.unwrap_or(0) as f64);
@@ -125,11 +125,11 @@ pub fn record_node_gauges(node: &Node) {
         metrics::gauge!("armada_table_revision", &labels)
             .set(group.table.read_view().position().revision.get() as f64);
     }
-    metrics::gauge!("armada_storage_disk_bytes").set(node.storage.disk_space() as f64);
-    metrics::gauge!("armada_storage_journal_bytes").set(node.storage.journal_bytes() as f64);
+    metrics::gauge!("armada_storage_disk_bytes").set(node.storage().disk_space() as f64);
+    metrics::gauge!("armada_storage_journal_bytes").set(node.storage().journal_bytes() as f64);
     // fjall's own count, over every keyspace (tables: armada_table_compactions_total).
     metrics::counter!("armada_storage_compactions_total")
-        .absolute(node.storage.compactions_completed());
+        .absolute(node.storage().compactions_completed());
 }
 
 #[cfg(test)]

@@ -1,7 +1,13 @@
-//! Runs a leader-cluster node: the node itself, the client API (KV, Tables, Cluster,
-//! Maintenance, plus gRPC health and server reflection), the replication API and REST, until
-//! `shutdown` resolves; then reports NOT_SERVING, stops accepting, lets in-flight requests
-//! finish and closes storage cleanly.
+//! Runs a node of a leader or a follower cluster: the node itself, the client API (KV, Tables,
+//! Cluster, Maintenance, plus gRPC health and server reflection), the replication API (leader
+//! clusters only) and REST, until `shutdown` resolves.
+//!
+//! [`run`] holds the order of things; the steps are small functions: certificates are read and
+//! every socket is bound before anything is served (a bad file or a taken port fails start-up
+//! at once); the node is ready (its catalog group has a Raft leader) before its address is
+//! published in the listen file. Stopping goes the other way: NOT_SERVING first, while the API
+//! still answers, so that balancers drain the node; then no new requests, in-flight ones finish;
+//! then the node hands over its Raft leaderships and closes storage cleanly.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,9 +21,13 @@ use armada_proto::regatta::v1::tables_server::TablesServer;
 use armada_proto::replication::v1::log_server::LogServer;
 use armada_proto::replication::v1::metadata_server::MetadataServer;
 use armada_proto::replication::v1::snapshot_server::SnapshotServer;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 use tonic::codec::CompressionEncoding;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::Router;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::server::HealthReporter;
 use tonic_reflection::server as reflection;
 
 use crate::address::ListenAddress;
@@ -37,6 +47,8 @@ pub struct BoundAddresses {
     pub rest: String,
 }
 
+/// Runs the node and its servers until `shutdown` resolves, then stops them in order (see the
+/// module's essay). `on_ready` is called once every listener is bound and the node serves.
 pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -53,6 +65,24 @@ pub async fn run(
         .map(|tls| tls.server_config())
         .transpose()?;
     let _ = std::fs::remove_file(config.data_dir.join(LISTEN_FILE));
+    let node = start_node(&config).await?;
+    let listeners = Listeners::bind(&config, api_tls, replication_tls).await?;
+    node.set_api_bound(&listeners.api.url());
+    let bound = listeners.bound()?;
+    log_serving(&config, &bound);
+    let servers = Servers::start(&node, listeners, metrics).await?;
+    write_listen_file(&config, &bound)?;
+    on_ready(&bound);
+    shutdown.await;
+    servers.stop().await;
+    node.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Starts the node, waits for its catalog group to elect a Raft leader and, on a leader cluster,
+/// creates the tables `tables.names` lists.
+async fn start_node(config: &ServerConfig) -> anyhow::Result<Arc<Node>> {
     let node = Node::start(config.clone()).await?;
     if !node.wait_ready(Duration::from_secs(30)).await {
         anyhow::bail!("the catalog group elected no leader within 30 s");
@@ -60,32 +90,59 @@ pub async fn run(
     if !config.is_follower() {
         create_initial_tables(&node).await?;
     }
+    Ok(node)
+}
 
-    let (stop_sender, stop) = watch::channel(false);
-    let api_listener = Listener::bind("api.address", &config.api.address, api_tls).await?;
-    node.set_api_bound(&api_listener.url());
-    // The replication API is the leader cluster's; follower nodes do not serve it.
-    let replication_listener = match config.is_follower() {
-        true => None,
-        false => Some(
-            Listener::bind(
-                "replication.address",
-                &config.replication.address,
-                replication_tls,
-            )
-            .await?,
-        ),
-    };
-    let rest_address = ListenAddress::parse(&config.rest.address).map_err(anyhow::Error::msg)?;
-    let rest_listener = tokio::net::TcpListener::bind(rest_address.socket_address().await?).await?;
-    let bound = BoundAddresses {
-        api: api_listener.url(),
-        replication: replication_listener
-            .as_ref()
-            .map(Listener::url)
-            .unwrap_or_default(),
-        rest: format!("http://{}", rest_listener.local_addr()?),
-    };
+/// The sockets a node serves on, bound before anything is served on them.
+struct Listeners {
+    api: Listener,
+    /// The replication API is the leader cluster's; follower nodes do not serve it.
+    replication: Option<Listener>,
+    rest: tokio::net::TcpListener,
+}
+
+impl Listeners {
+    async fn bind(
+        config: &ServerConfig,
+        api_tls: Option<Arc<rustls::ServerConfig>>,
+        replication_tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> anyhow::Result<Listeners> {
+        let api = Listener::bind("api.address", &config.api.address, api_tls).await?;
+        let replication = match config.is_follower() {
+            true => None,
+            false => Some(
+                Listener::bind(
+                    "replication.address",
+                    &config.replication.address,
+                    replication_tls,
+                )
+                .await?,
+            ),
+        };
+        let rest_address =
+            ListenAddress::parse(&config.rest.address).map_err(anyhow::Error::msg)?;
+        let rest = tokio::net::TcpListener::bind(rest_address.socket_address().await?).await?;
+        Ok(Listeners {
+            api,
+            replication,
+            rest,
+        })
+    }
+
+    fn bound(&self) -> anyhow::Result<BoundAddresses> {
+        Ok(BoundAddresses {
+            api: self.api.url(),
+            replication: self
+                .replication
+                .as_ref()
+                .map(Listener::url)
+                .unwrap_or_default(),
+            rest: format!("http://{}", self.rest.local_addr()?),
+        })
+    }
+}
+
+fn log_serving(config: &ServerConfig, bound: &BoundAddresses) {
     tracing::info!(
         api = bound.api,
         replication = bound.replication,
@@ -98,10 +155,15 @@ pub async fn run(
         },
         "armada node serving"
     );
+}
 
-    let (health_reporter, health_service) = crate::health::not_serving().await;
+/// The client API on the API port: KV, Tables, Cluster, Maintenance, health and reflection.
+fn api_server(
+    node: &Arc<Node>,
+    health_service: HealthServer<impl Health>,
+) -> anyhow::Result<Router> {
     let reflection = reflection_services()?;
-    let api_server = tonic::transport::Server::builder()
+    Ok(tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection.0)
         .add_service(reflection.1)
@@ -116,75 +178,103 @@ pub async fn run(
         )))
         .add_service(compressed(MaintenanceServer::new(
             api::maintenance::MaintenanceService::new(node.clone()),
-        )));
-    let replication = api::replication::ReplicationService::new(node.clone(), stop.clone());
-    let replication_server = tonic::transport::Server::builder()
-        .add_service(
-            MetadataServer::new(replication.clone())
-                .accept_compressed(CompressionEncoding::Gzip)
-                .send_compressed(CompressionEncoding::Gzip),
-        )
-        .add_service(
-            LogServer::new(replication.clone())
-                .accept_compressed(CompressionEncoding::Gzip)
-                .send_compressed(CompressionEncoding::Gzip),
-        )
-        .add_service(
-            SnapshotServer::new(replication.clone())
-                .accept_compressed(CompressionEncoding::Gzip)
-                .send_compressed(CompressionEncoding::Gzip),
-        )
-        .add_service(
-            MetadataFeedServer::new(replication)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .send_compressed(CompressionEncoding::Gzip),
-        )
+        ))))
+}
+
+/// Replication services speak gzip both ways.
+macro_rules! gzip {
+    ($server:expr) => {
+        $server
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip)
+    };
+}
+
+/// The replication API on the replication port, for follower clusters: metadata, log and
+/// snapshot streams, the metadata feed, and a KV that follower clusters forward writes to.
+fn replication_server(node: &Arc<Node>, stop: watch::Receiver<bool>) -> Router {
+    let replication = api::replication::ReplicationService::new(node.clone(), stop);
+    tonic::transport::Server::builder()
+        .add_service(gzip!(MetadataServer::new(replication.clone())))
+        .add_service(gzip!(LogServer::new(replication.clone())))
+        .add_service(gzip!(SnapshotServer::new(replication.clone())))
+        .add_service(gzip!(MetadataFeedServer::new(replication)))
         // As in Regatta, follower clusters forward writes to this KV; here it is guarded by
         // the replication token (the API port's KV is not).
         .add_service(InterceptedService::new(
             compressed(KvServer::new(api::kv::KvService::new(node.clone()))),
-            replication_token_check(&config.replication.token),
+            replication_token_check(&node.config().replication.token),
+        ))
+}
+
+type ServerTask = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// The servers of a running node and what stops them.
+struct Servers {
+    /// API, replication and REST, stopped together by `stop`.
+    tasks: [ServerTask; 3],
+    stop: watch::Sender<bool>,
+    health_task: tokio::task::JoinHandle<()>,
+    health_stop: watch::Sender<bool>,
+    health_reporter: HealthReporter,
+}
+
+impl Servers {
+    /// Serves every API of `node` on its listener, reporting NOT_SERVING until the node is ready.
+    async fn start(
+        node: &Arc<Node>,
+        listeners: Listeners,
+        metrics: PrometheusHandle,
+    ) -> anyhow::Result<Servers> {
+        let (stop, stopped) = watch::channel(false);
+        let (health_reporter, health_service) = crate::health::not_serving().await;
+        let api = api_server(node, health_service)?;
+        let replication = replication_server(node, stopped.clone());
+        let api_task = tokio::spawn(listeners.api.serve(api, wait_for(stopped.clone())));
+        let replication_task = match listeners.replication {
+            Some(listener) => tokio::spawn(listener.serve(replication, wait_for(stopped.clone()))),
+            None => tokio::spawn(async { Ok(()) }),
+        };
+        let rest_router = crate::rest::router(node.clone(), metrics);
+        let rest_stop = wait_for(stopped);
+        let rest_listener = listeners.rest;
+        let rest_task = tokio::spawn(async move {
+            axum::serve(rest_listener, rest_router)
+                .with_graceful_shutdown(rest_stop)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+        let (health_stop, health_stopped) = watch::channel(false);
+        let health_task = tokio::spawn(crate::health::follow_readiness(
+            node.clone(),
+            health_reporter.clone(),
+            health_stopped,
         ));
+        Ok(Servers {
+            tasks: [api_task, replication_task, rest_task],
+            stop,
+            health_task,
+            health_stop,
+            health_reporter,
+        })
+    }
 
-    let api_task = tokio::spawn(api_listener.serve(api_server, wait_for(stop.clone())));
-    let replication_task = match replication_listener {
-        Some(listener) => tokio::spawn(listener.serve(replication_server, wait_for(stop.clone()))),
-        None => tokio::spawn(async { Ok(()) }),
-    };
-    let rest_router = crate::rest::router(node.clone(), metrics);
-    let rest_stop = wait_for(stop.clone());
-    let rest_task = tokio::spawn(async move {
-        axum::serve(rest_listener, rest_router)
-            .with_graceful_shutdown(rest_stop)
-            .await
-            .map_err(anyhow::Error::from)
-    });
-    let (health_stop_sender, health_stop) = watch::channel(false);
-    let health_task = tokio::spawn(crate::health::follow_readiness(
-        node.clone(),
-        health_reporter.clone(),
-        health_stop,
-    ));
-    write_listen_file(&config, &bound)?;
-    on_ready(&bound);
-
-    shutdown.await;
-    // NOT_SERVING first, while the API still answers, so that balancers drain this node.
-    let _ = health_stop_sender.send(true);
-    let _ = health_task.await;
-    tracing::info!("shutting down: no new requests, finishing in-flight ones");
-    let _ = stop_sender.send(true);
-    crate::health::end_watches(health_reporter).await;
-    for task in [api_task, replication_task, rest_task] {
-        match tokio::time::timeout(Duration::from_secs(10), task).await {
-            Ok(Ok(Err(error))) => tracing::warn!(%error, "a server ended with an error"),
-            Ok(Err(error)) => tracing::warn!(%error, "a server task failed"),
-            _ => {}
+    /// Reports NOT_SERVING, stops accepting and lets in-flight requests finish (10 s at most).
+    async fn stop(self) {
+        // NOT_SERVING first, while the API still answers, so that balancers drain this node.
+        let _ = self.health_stop.send(true);
+        let _ = self.health_task.await;
+        tracing::info!("shutting down: no new requests, finishing in-flight ones");
+        let _ = self.stop.send(true);
+        crate::health::end_watches(self.health_reporter).await;
+        for task in self.tasks {
+            match tokio::time::timeout(Duration::from_secs(10), task).await {
+                Ok(Ok(Err(error))) => tracing::warn!(%error, "a server ended with an error"),
+                Ok(Err(error)) => tracing::warn!(%error, "a server task failed"),
+                _ => {}
+            }
         }
     }
-    node.shutdown().await;
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// gRPC server reflection (`grpc.reflection.v1` and the older `v1alpha` that many grpcurl
@@ -269,7 +359,7 @@ async fn wait_for(mut stop: watch::Receiver<bool>) {
 
 async fn create_initial_tables(node: &Arc<Node>) -> anyhow::Result<()> {
     for name in node
-        .config
+        .config()
         .tables
         .names
         .split(',')

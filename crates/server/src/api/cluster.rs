@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use super::metered;
 use crate::error::ApiError;
 use crate::follower::LagReport;
-use crate::node::Node;
+use crate::node::{Node, TableGroup};
 
 const SERVICE: &str = "regatta.v1.Cluster";
 
@@ -62,54 +62,63 @@ impl ClusterService {
         lag
     }
 
+    /// One table's status on this replica; what cannot be read is added to `errors`.
+    fn table_status(
+        &self,
+        name: &str,
+        group: &TableGroup,
+        errors: &mut Vec<String>,
+    ) -> TableStatus {
+        let metrics = group.raft.metrics();
+        let metrics = metrics.borrow_watched().clone();
+        let view = group.table.read_view();
+        let content_hash = match view.content_hash() {
+            Ok(hash) => hash,
+            Err(error) => {
+                errors.push(format!("{name}: {error}"));
+                String::new()
+            }
+        };
+        let position = view.position();
+        let applied_leader_index = position.leader_index.map_or(0, |index| index.get());
+        let lag = self.table_lag(name, applied_leader_index, errors);
+        TableStatus {
+            log_size: i64::try_from(self.node.log_engine().group_log_bytes(group.id))
+                .unwrap_or(i64::MAX),
+            db_size: i64::try_from(group.table.disk_bytes()).unwrap_or(i64::MAX),
+            leader: metrics
+                .current_leader
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+            raft_index: metrics.last_log_index.unwrap_or(0),
+            raft_term: metrics.current_term,
+            raft_applied_index: position.log_index.get(),
+            revision: position.revision.get(),
+            shard_id: group.id.get(),
+            content_hash,
+            commit_index: metrics.local_committed.map_or(0, |log_id| log_id.index),
+            first_log_index: self
+                .node
+                .log_engine()
+                .group(group.id)
+                .first_index()
+                .unwrap_or_default()
+                .unwrap_or(0),
+            replication_leader_index: lag.leader_index,
+            replication_applied_index: lag.applied_leader_index,
+            replication_lag_entries: lag.lag_entries,
+            replication_lag_seconds: lag.lag_seconds,
+            replication_snapshot_recoveries: lag.recoveries,
+            replication_seconds_since_contact: lag.seconds_since_contact,
+        }
+    }
+
     fn status_inner(&self, request: StatusRequest) -> Result<StatusResponse, ApiError> {
         let mut tables = std::collections::HashMap::new();
         let mut errors = Vec::new();
         for (name, group) in self.node.table_groups().iter() {
-            let metrics = group.raft.metrics();
-            let metrics = metrics.borrow_watched().clone();
-            let view = group.table.read_view();
-            let content_hash = match view.content_hash() {
-                Ok(hash) => hash,
-                Err(error) => {
-                    errors.push(format!("{name}: {error}"));
-                    String::new()
-                }
-            };
-            let position = view.position();
-            let applied_leader_index = position.leader_index.map_or(0, |index| index.get());
-            let lag = self.table_lag(name, applied_leader_index, &mut errors);
-            tables.insert(
-                name.clone(),
-                TableStatus {
-                    log_size: i64::try_from(self.node.log_bytes(group.id)).unwrap_or(i64::MAX),
-                    db_size: i64::try_from(group.table.disk_bytes()).unwrap_or(i64::MAX),
-                    leader: metrics
-                        .current_leader
-                        .map(|id| id.to_string())
-                        .unwrap_or_default(),
-                    raft_index: metrics.last_log_index.unwrap_or(0),
-                    raft_term: metrics.current_term,
-                    raft_applied_index: position.log_index.get(),
-                    revision: position.revision.get(),
-                    shard_id: group.id.get(),
-                    content_hash,
-                    commit_index: metrics.local_committed.map_or(0, |log_id| log_id.index),
-                    first_log_index: self
-                        .node
-                        .log_engine()
-                        .group(group.id)
-                        .first_index()
-                        .unwrap_or_default()
-                        .unwrap_or(0),
-                    replication_leader_index: lag.leader_index,
-                    replication_applied_index: lag.applied_leader_index,
-                    replication_lag_entries: lag.lag_entries,
-                    replication_lag_seconds: lag.lag_seconds,
-                    replication_snapshot_recoveries: lag.recoveries,
-                    replication_seconds_since_contact: lag.seconds_since_contact,
-                },
-            );
+            let status = self.table_status(name, group, &mut errors);
+            tables.insert(name.clone(), status);
         }
         for name in self.node.catalog_state().tables.keys() {
             if !tables.contains_key(name) {
@@ -119,14 +128,14 @@ impl ClusterService {
         let seconds_since_contact = self.leader_contact(&mut errors);
         let config = request
             .config
-            .then(|| to_struct(self.node.config.flat_redacted()));
+            .then(|| to_struct(self.node.config().flat_redacted()));
         Ok(StatusResponse {
-            id: self.node.node_id.to_string(),
+            id: self.node.node_id().to_string(),
             version: crate::build_info::VERSION.to_string(),
             info: format!(
                 "{}, cluster {}",
                 crate::build_info::description(),
-                self.node.config.cluster.name
+                self.node.config().cluster.name
             ),
             tables,
             config,
@@ -174,7 +183,7 @@ impl Cluster for ClusterService {
                 })
                 .collect();
             Ok(MemberListResponse {
-                cluster: self.node.config.cluster.name.clone(),
+                cluster: self.node.config().cluster.name.clone(),
                 members,
             })
         })

@@ -77,7 +77,7 @@ impl KvService {
         let view = self
             .read_view(&group, request.linearizable, deadline)
             .await?;
-        let revision = view.position().revision.get();
+        let revision = view.position().revision;
         let outcome = if query.range_end == RangeEnd::Single {
             view.range(&query)
         } else {
@@ -114,7 +114,7 @@ impl KvService {
             ..Default::default()
         };
         let (revision, outcome) = self.propose(&group, command, deadline).await?;
-        convert::put_response(header(&self.node, &group, revision.get()), outcome)
+        convert::put_response(header(&self.node, &group, revision), outcome)
     }
 
     async fn delete_range_inner(
@@ -144,7 +144,7 @@ impl KvService {
             ..Default::default()
         };
         let (revision, outcome) = self.propose(&group, command, deadline).await?;
-        convert::delete_range_response(header(&self.node, &group, revision.get()), outcome)
+        convert::delete_range_response(header(&self.node, &group, revision), outcome)
     }
 
     async fn txn_inner(&self, request: Request<TxnRequest>) -> Result<TxnResponse, ApiError> {
@@ -172,7 +172,7 @@ impl KvService {
                 ApiError::from_table(TableError::InvalidArgument(rejection.0))
             })?;
             let view = self.read_view(&group, true, deadline).await?;
-            let revision = view.position().revision.get();
+            let revision = view.position().revision;
             let outcome = tokio::task::spawn_blocking(move || view.txn_read_only(&txn))
                 .await
                 .map_err(|error| ApiError::Internal(error.to_string()))?
@@ -190,7 +190,7 @@ impl KvService {
         };
         let (revision, outcome) = self.propose(&group, command, deadline).await?;
         Ok(convert::txn_response(
-            header(&self.node, &group, revision.get()),
+            header(&self.node, &group, revision),
             convert::txn_outcome(outcome)?,
         ))
     }
@@ -206,7 +206,7 @@ impl KvService {
         let view = self
             .read_view(&group, request.linearizable, deadline)
             .await?;
-        let header = header(&self.node, &group, view.position().revision.get());
+        let header = header(&self.node, &group, view.position().revision);
         let (sender, receiver) = tokio::sync::mpsc::channel(2);
         tokio::task::spawn_blocking(move || stream_chunks(view, query, header, sender));
         Ok(ReceiverStream::new(receiver))

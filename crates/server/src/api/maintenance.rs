@@ -81,13 +81,13 @@ impl MaintenanceService {
     }
 
     fn token(&self) -> &str {
-        &self.node.config.maintenance.token
+        &self.node.config().maintenance.token
     }
 
     /// Backup and Restore change or read the leader cluster's tables only: a follower's
     /// contents are the leader's, and a restore there would fork them.
     fn require_leader_cluster(&self) -> Result<(), ApiError> {
-        if self.node.config.is_follower() {
+        if self.node.config().is_follower() {
             return Err(ApiError::Unimplemented(
                 "Backup and Restore are served by the leader cluster; this node belongs to a follower cluster".into(),
             ));

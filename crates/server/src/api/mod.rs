@@ -13,6 +13,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use armada_proto::regatta::v1::ResponseHeader;
+use armada_storage::{NodeId, Revision};
 
 use crate::error::ApiError;
 use crate::node::{Node, TableGroup};
@@ -62,14 +63,15 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 }
 
 /// Response header of a table request served by this node.
-pub fn header(node: &Node, group: &TableGroup, revision: u64) -> ResponseHeader {
-    let (raft_term, raft_leader_id) = group.term_and_leader();
+pub fn header(node: &Node, group: &TableGroup, revision: Revision) -> ResponseHeader {
+    let (raft_term, raft_leader) = group.term_and_raft_leader();
     ResponseHeader {
         shard_id: group.id.get(),
-        replica_id: node.node_id.get(),
-        revision,
-        raft_term,
-        raft_leader_id,
+        replica_id: node.node_id().get(),
+        revision: revision.get(),
+        raft_term: raft_term.get(),
+        // Regatta's header says 0 while no Raft leader is known.
+        raft_leader_id: raft_leader.map_or(0, NodeId::get),
     }
 }
 

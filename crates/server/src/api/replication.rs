@@ -77,7 +77,7 @@ impl ReplicationService {
     }
 
     fn token(&self) -> &str {
-        &self.node.config.replication.token
+        &self.node.config().replication.token
     }
 }
 

@@ -26,7 +26,7 @@ impl TablesService {
     }
 
     fn token(&self) -> &str {
-        &self.node.config.tables.token
+        &self.node.config().tables.token
     }
 
     /// Tables are created and deleted on the leader cluster only.

@@ -20,7 +20,7 @@ pub mod state;
 
 pub use state::{CatalogCommand, CatalogOutcome, CatalogState, TableIdWire, TableRecord};
 
-use crate::groups::snapshot::SnapshotData;
+use crate::groups::snapshot::{Snapshot, SnapshotData, built, durable_snapshot};
 use crate::groups::types::{
     LogId, RaftAppliedState, Response, SnapshotMeta, StoredMembership, TypeConfig,
 };
@@ -75,45 +75,31 @@ impl CatalogStateMachine {
 
 impl CatalogStateMachine {
     /// The current registry as a snapshot (made durable first, see `groups::snapshot`).
-    async fn current_snapshot(
-        &self,
-    ) -> io::Result<Option<openraft::alias::SnapshotOf<TypeConfig, SnapshotData>>> {
-        let storage = self.storage.clone();
-        tokio::task::spawn_blocking(move || storage.sync())
-            .await
-            .map_err(io::Error::other)?
-            .map_err(io::Error::other)?;
-        let current = self.current.lock().await;
-        if current.raft.last_applied.is_none() {
-            return Ok(None);
-        }
-        let meta = SnapshotMeta {
-            last_log_id: current.raft.last_applied,
-            last_membership: current.raft.last_membership.clone(),
-        };
-        let bytes = serde_json::to_vec(&current.state).map_err(io::Error::other)?;
-        Ok(Some(openraft::alias::SnapshotOf::<
-            TypeConfig,
-            SnapshotData,
-        > {
-            meta,
-            snapshot: SnapshotData::Bytes(bytes.into()),
-        }))
+    async fn current_snapshot(&self) -> io::Result<Option<Snapshot>> {
+        durable_snapshot(&self.storage, async {
+            let current = self.current.lock().await;
+            if current.raft.last_applied.is_none() {
+                return Ok(None);
+            }
+            let meta = SnapshotMeta {
+                last_log_id: current.raft.last_applied,
+                last_membership: current.raft.last_membership.clone(),
+            };
+            let bytes = serde_json::to_vec(&current.state).map_err(io::Error::other)?;
+            Ok(Some(Snapshot {
+                meta,
+                snapshot: SnapshotData::Bytes(bytes.into()),
+            }))
+        })
+        .await
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for CatalogStateMachine {
     type SnapshotData = SnapshotData;
 
-    async fn build_snapshot(
-        &mut self,
-    ) -> Result<openraft::alias::SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
-        match self.current_snapshot().await? {
-            Some(snapshot) => Ok(snapshot),
-            None => Err(io::Error::other(
-                "nothing applied yet: no snapshot to build",
-            )),
-        }
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        built(self.current_snapshot().await?)
     }
 }
 
@@ -195,9 +181,7 @@ impl RaftStateMachine<TypeConfig> for CatalogStateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<Option<openraft::alias::SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         self.current_snapshot().await
     }
 }

@@ -1,11 +1,11 @@
 //! Writes forwarded to a group's Raft leader inside the cluster, batched.
 //!
-//! A write arriving at a node that is not the group's Raft leader is forwarded to the leader.
+//! A write arriving at a node that is not the group's Raft leader is forwarded to the Raft leader.
 //! Sent one by one, every forwarded write costs a QUIC stream, a frame each way, a postcard
-//! decode and a separate proposal on the leader; under load, forwarding was the largest cost
-//! of a 3-node cluster. The [`Forwarder`] keeps one queue per (leader, group): a sender task
+//! decode and a separate proposal on the Raft leader; under load, forwarding was the largest cost
+//! of a 3-node cluster. The [`Forwarder`] keeps one queue per (raft_leader, group): a sender task
 //! takes whatever writes are waiting (up to [`MAX_BATCH`] writes or [`MAX_BATCH_BYTES`]) and
-//! sends them as one `WriteBatch`, which the leader proposes with one `client_write_many`. At
+//! sends them as one `WriteBatch`, which the Raft leader proposes with one `client_write_many`. At
 //! most [`MAX_IN_FLIGHT`] batches per queue are outstanding, so under load writes queue up and
 //! batches grow; an idle queue sends a lone write at once (as a plain `Write`).
 //!
@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use armada_storage::{LogIndex, NodeId, TableId};
 use armada_table::pb;
 use prost::Message;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -34,17 +35,17 @@ use crate::transport::{Transport, TransportError};
 pub const MAX_BATCH: usize = 128;
 /// Most request bytes in one batch (a larger lone write is still sent, alone).
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
-/// Most batches outstanding per (leader, group).
+/// Most batches outstanding per (raft_leader, group).
 pub const MAX_IN_FLIGHT: usize = 4;
-/// Most writes waiting in one (leader, group) queue: eight full batches behind the ones in
+/// Most writes waiting in one (raft_leader, group) queue: eight full batches behind the ones in
 /// flight. A write that finds the queue full waits for room until its own deadline, then
 /// fails with `Timeout` like any forwarded write that took too long (nothing was sent).
 pub const QUEUE_WRITES: usize = 8 * MAX_BATCH;
 /// A queue with no write for this long stops its sender task.
 const IDLE: Duration = Duration::from_secs(30);
 
-/// The outcome of one forwarded write: the transport's verdict, then the leader's.
-pub type ForwardResult = Result<Result<(u64, Response), PeerError>, TransportError>;
+/// The outcome of one forwarded write: the transport's verdict, then the Raft leader's.
+pub type ForwardResult = Result<Result<(LogIndex, Response), PeerError>, TransportError>;
 
 struct Pending {
     request: Request,
@@ -52,7 +53,7 @@ struct Pending {
     reply: oneshot::Sender<ForwardResult>,
 }
 
-type Queues = Arc<Mutex<HashMap<(u64, u64), mpsc::Sender<Pending>>>>;
+type Queues = Arc<Mutex<HashMap<(NodeId, TableId), mpsc::Sender<Pending>>>>;
 
 /// Per-node batching of forwarded writes.
 pub struct Forwarder {
@@ -68,16 +69,16 @@ impl Forwarder {
         }
     }
 
-    /// Forwards `request` for `group` to `leader`, answering by `deadline`.
+    /// Forwards `request` for `group` to `raft_leader`, answering by `deadline`.
     pub async fn forward(
         &self,
-        leader: u64,
-        group: u64,
+        raft_leader: NodeId,
+        group: TableId,
         request: Request,
         deadline: Instant,
     ) -> ForwardResult {
         if !batchable(&request) {
-            return send_alone(&*self.transport, leader, group, request, deadline).await;
+            return send_alone(&*self.transport, raft_leader, group, request, deadline).await;
         }
         let (reply, answer) = oneshot::channel();
         let mut pending = Pending {
@@ -86,47 +87,58 @@ impl Forwarder {
             reply,
         };
         loop {
-            let queue = self.queue(leader, group);
+            let queue = self.queue(raft_leader, group);
             match enqueue(&queue, pending, deadline).await {
                 Enqueued::Queued => break,
                 // The sender task stopped (idle) after we took its queue: replace it.
                 Enqueued::Closed(returned) => {
                     pending = returned;
-                    self.remove_if_closed(leader, group);
+                    self.remove_if_closed(raft_leader, group);
                 }
-                Enqueued::Full => return Err(TransportError::Timeout { peer: leader }),
+                Enqueued::Full => {
+                    return Err(TransportError::Timeout {
+                        peer: raft_leader.get(),
+                    });
+                }
             }
         }
         match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(TransportError::Interrupted {
-                peer: leader,
+                peer: raft_leader.get(),
                 reason: "the forwarding task stopped".into(),
             }),
-            Err(_) => Err(TransportError::Timeout { peer: leader }),
+            Err(_) => Err(TransportError::Timeout {
+                peer: raft_leader.get(),
+            }),
         }
     }
 
-    fn queue(&self, leader: u64, group: u64) -> mpsc::Sender<Pending> {
+    fn queue(&self, raft_leader: NodeId, group: TableId) -> mpsc::Sender<Pending> {
         let mut queues = self.queues.lock().expect("forwarder lock poisoned");
-        if let Some(queue) = queues.get(&(leader, group))
+        if let Some(queue) = queues.get(&(raft_leader, group))
             && !queue.is_closed()
         {
             return queue.clone();
         }
         let (sender, receiver) = mpsc::channel(QUEUE_WRITES);
-        queues.insert((leader, group), sender.clone());
-        tokio::spawn(run_queue(self.transport.clone(), leader, group, receiver));
+        queues.insert((raft_leader, group), sender.clone());
+        tokio::spawn(run_queue(
+            self.transport.clone(),
+            raft_leader,
+            group,
+            receiver,
+        ));
         sender
     }
 
-    fn remove_if_closed(&self, leader: u64, group: u64) {
+    fn remove_if_closed(&self, raft_leader: NodeId, group: TableId) {
         let mut queues = self.queues.lock().expect("forwarder lock poisoned");
         if queues
-            .get(&(leader, group))
+            .get(&(raft_leader, group))
             .is_some_and(|queue| queue.is_closed())
         {
-            queues.remove(&(leader, group));
+            queues.remove(&(raft_leader, group));
         }
     }
 }
@@ -167,8 +179,8 @@ fn batchable(request: &Request) -> bool {
 /// One queue's sender: batches what is waiting, at most [`MAX_IN_FLIGHT`] batches at a time.
 async fn run_queue(
     transport: Arc<dyn Transport>,
-    leader: u64,
-    group: u64,
+    raft_leader: NodeId,
+    group: TableId,
     mut receiver: mpsc::Receiver<Pending>,
 ) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -181,7 +193,7 @@ async fn run_queue(
                 receiver.close();
                 while let Ok(pending) = receiver.try_recv() {
                     let _ = pending.reply.send(Err(TransportError::Interrupted {
-                        peer: leader,
+                        peer: raft_leader.get(),
                         reason: "the forwarding queue stopped".into(),
                     }));
                 }
@@ -204,13 +216,18 @@ async fn run_queue(
         }
         let transport = transport.clone();
         tokio::spawn(async move {
-            send_batch(&*transport, leader, group, batch).await;
+            send_batch(&*transport, raft_leader, group, batch).await;
             drop(permit);
         });
     }
 }
 
-async fn send_batch(transport: &dyn Transport, leader: u64, group: u64, batch: Vec<Pending>) {
+async fn send_batch(
+    transport: &dyn Transport,
+    raft_leader: NodeId,
+    group: TableId,
+    batch: Vec<Pending>,
+) {
     let now = Instant::now();
     // Writes whose caller already gave up are not sent.
     let batch: Vec<Pending> = batch
@@ -221,8 +238,14 @@ async fn send_batch(transport: &dyn Transport, leader: u64, group: u64, batch: V
         0 => {}
         1 => {
             let pending = batch.into_iter().next().expect("one write");
-            let result =
-                send_alone(transport, leader, group, pending.request, pending.deadline).await;
+            let result = send_alone(
+                transport,
+                raft_leader,
+                group,
+                pending.request,
+                pending.deadline,
+            )
+            .await;
             let _ = pending.reply.send(result);
         }
         count => {
@@ -237,7 +260,7 @@ async fn send_batch(transport: &dyn Transport, leader: u64, group: u64, batch: V
                 .unzip();
             metrics::histogram!("armada_forward_batch_writes").record(count as f64);
             let message = PeerRequest::WriteBatch { group, requests };
-            match call(transport, leader, &message, deadline).await {
+            match call(transport, raft_leader, &message, deadline).await {
                 Ok(Ok(PeerResponse::WriteBatch(results))) if results.len() == count => {
                     for (reply, result) in replies.into_iter().zip(results) {
                         let _ = reply.send(Ok(result));
@@ -268,13 +291,13 @@ async fn send_batch(transport: &dyn Transport, leader: u64, group: u64, batch: V
 
 async fn send_alone(
     transport: &dyn Transport,
-    leader: u64,
-    group: u64,
+    raft_leader: NodeId,
+    group: TableId,
     request: Request,
     deadline: Instant,
 ) -> ForwardResult {
     let message = PeerRequest::Write { group, request };
-    match call(transport, leader, &message, deadline).await? {
+    match call(transport, raft_leader, &message, deadline).await? {
         Ok(PeerResponse::Write {
             log_index,
             response,
@@ -288,12 +311,14 @@ async fn send_alone(
 
 async fn call(
     transport: &dyn Transport,
-    peer: u64,
+    peer: NodeId,
     request: &PeerRequest,
     deadline: Instant,
 ) -> Result<PeerResult, TransportError> {
     let timeout = deadline.saturating_duration_since(Instant::now());
-    let answer = transport.call(peer, rpc::encode(request), timeout).await?;
+    let answer = transport
+        .call(peer.get(), rpc::encode(request), timeout)
+        .await?;
     rpc::decode::<PeerResult>(&answer).map_err(TransportError::Remote)
 }
 

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, Weak};
 
-use armada_storage::NodeId;
+use armada_storage::{NodeId, TableId};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -20,7 +20,7 @@ use crate::transport::{BodyStream, Handler, PeerId};
 /// it is. The node implements it; the handler knows nothing else of the node.
 pub trait GroupDirectory: Send + Sync {
     /// The running group with this id (the catalog's or a table's), if it runs here.
-    fn group_by_id(&self, id: u64) -> Option<GroupHandle>;
+    fn group_by_id(&self, id: TableId) -> Option<GroupHandle>;
     /// A directory on the data volume for incoming snapshots.
     fn temporary_dir(&self) -> PathBuf;
     /// This node's Raft id.
@@ -52,7 +52,7 @@ impl PeerHandler {
             .ok_or_else(|| PeerError::Failed("this node is starting or stopping".into()))
     }
 
-    fn group(&self, group: u64) -> Result<(Arc<dyn GroupDirectory>, GroupHandle), PeerError> {
+    fn group(&self, group: TableId) -> Result<(Arc<dyn GroupDirectory>, GroupHandle), PeerError> {
         // While the node starts or stops none of its groups runs here: callers retry on
         // `NoSuchGroup` (nothing was written), whereas `Failed` would end a forwarded write.
         let node = self.node().map_err(|_| PeerError::NoSuchGroup(group))?;
@@ -109,7 +109,7 @@ impl PeerHandler {
             PeerRequest::NodeInfo => {
                 let node = self.node()?;
                 Ok(PeerResponse::NodeInfo {
-                    node_id: node.node_id().get(),
+                    node_id: node.node_id(),
                     api_address: node.api_advertise_address(),
                 })
             }

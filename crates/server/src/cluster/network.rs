@@ -9,6 +9,7 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
+use armada_storage::{NodeId, TableId};
 use bytes::Bytes;
 use openraft::OptionalSend;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -30,19 +31,19 @@ const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 #[derive(Clone)]
 pub struct ClusterNetwork {
     transport: Arc<dyn Transport>,
-    group: u64,
+    group: TableId,
 }
 
 impl ClusterNetwork {
-    pub fn new(transport: Arc<dyn Transport>, group: u64) -> Self {
+    pub fn new(transport: Arc<dyn Transport>, group: TableId) -> Self {
         ClusterNetwork { transport, group }
     }
 }
 
 pub struct PeerClient {
     transport: Arc<dyn Transport>,
-    group: u64,
-    target: RaftNodeId,
+    group: TableId,
+    target: NodeId,
 }
 
 impl RaftNetworkFactory<TypeConfig> for ClusterNetwork {
@@ -52,7 +53,7 @@ impl RaftNetworkFactory<TypeConfig> for ClusterNetwork {
         PeerClient {
             transport: self.transport.clone(),
             group: self.group,
-            target,
+            target: NodeId(target),
         }
     }
 }
@@ -70,7 +71,7 @@ impl PeerClient {
         let bytes = rpc::encode(&request);
         let answer = self
             .transport
-            .call(self.target, bytes, option.hard_ttl())
+            .call(self.target.get(), bytes, option.hard_ttl())
             .await
             .map_err(|error| transport_error(self.target, error))?;
         let result: PeerResult = rpc::decode(&answer)
@@ -79,7 +80,7 @@ impl PeerClient {
     }
 }
 
-fn transport_error(target: RaftNodeId, error: TransportError) -> RPCError<TypeConfig> {
+fn transport_error(target: NodeId, error: TransportError) -> RPCError<TypeConfig> {
     match error {
         TransportError::Timeout { .. } => {
             RPCError::Unreachable(unreachable(format!("node {target} timed out")))
@@ -88,7 +89,7 @@ fn transport_error(target: RaftNodeId, error: TransportError) -> RPCError<TypeCo
     }
 }
 
-fn peer_error(target: RaftNodeId, error: PeerError) -> RPCError<TypeConfig> {
+fn peer_error(target: NodeId, error: PeerError) -> RPCError<TypeConfig> {
     // A group not (yet) running on the peer behaves like an unreachable peer: back off, retry.
     let _ = target;
     RPCError::Unreachable(unreachable(error))
@@ -199,7 +200,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .map_err(|error| StreamingError::Unreachable(unreachable(error)))?;
         let send = self
             .transport
-            .call_stream(self.target, header, body, SNAPSHOT_TIMEOUT);
+            .call_stream(self.target.get(), header, body, SNAPSHOT_TIMEOUT);
         let answer = tokio::select! {
             answer = send => answer.map_err(|error| StreamingError::Unreachable(unreachable(error)))?,
             closed = cancel => return Err(StreamingError::Closed(closed)),

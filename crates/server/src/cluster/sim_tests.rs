@@ -419,7 +419,7 @@ async fn put_until(
         .write(&GroupHandle::Table(group), request, deadline)
         .await?;
     match response {
-        Response::Table { .. } => Ok(log_index),
+        Response::Table { .. } => Ok(log_index.get()),
         other => panic!("unexpected response to a put: {other:?}"),
     }
 }

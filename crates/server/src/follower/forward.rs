@@ -183,7 +183,7 @@ impl Follower {
         );
         let mut applied = group.state_machine.subscribe();
         let rebuilt = |position: &armada_table::AppliedPosition| {
-            position.log_index.get() > log_index
+            position.log_index > log_index
                 && position.leader_index.is_some_and(|index| index.get() > 0)
         };
         tokio::time::timeout_at(deadline, applied.wait_for(rebuilt))

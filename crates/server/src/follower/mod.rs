@@ -250,7 +250,7 @@ pub struct Follower {
 impl Follower {
     /// Connects (lazily) to the leader addresses and starts reconciling and replicating.
     pub fn start(node: &Arc<Node>) -> anyhow::Result<Arc<Follower>> {
-        let config = &node.config.replication;
+        let config = &node.config().replication;
         // On a follower the `replication.*` TLS keys configure this client (see `config`).
         let options = ConnectOptions {
             ca_file: (!config.ca_filename.is_empty())

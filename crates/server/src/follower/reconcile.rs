@@ -168,11 +168,11 @@ async fn feed_session(follower: &Follower, node: &Arc<Node>) -> FeedEnd {
 
 /// Whether this node leads the follower cluster's catalog group.
 fn leads_catalog(node: &Node) -> bool {
-    node.catalog
+    node.catalog()
         .server_metrics()
         .borrow_watched()
         .current_leader
-        == Some(node.node_id.get())
+        == Some(node.node_id().get())
 }
 
 /// Takes in one answer of the leader: contact, leader indices, the known table set; on the

@@ -87,7 +87,7 @@ pub async fn supervise(follower: Arc<Follower>) {
 }
 
 fn leads(node: &Node, group: &TableGroup) -> bool {
-    group.raft.server_metrics().borrow_watched().current_leader == Some(node.node_id.get())
+    group.raft.server_metrics().borrow_watched().current_leader == Some(node.node_id().get())
 }
 
 async fn run(follower: Arc<Follower>, group: Arc<TableGroup>) {

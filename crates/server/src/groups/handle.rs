@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use armada_storage::{LogIndex, NodeId, TableId};
 use openraft::async_runtime::WatchReceiver;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
@@ -38,36 +39,41 @@ fn failed(error: impl ToString) -> PeerError {
 }
 
 impl GroupHandle {
-    pub fn id(&self) -> u64 {
+    /// The group's id: the catalog's or the table's.
+    pub fn id(&self) -> TableId {
         match self {
-            GroupHandle::Catalog(_) => armada_storage::CATALOG_GROUP.get(),
-            GroupHandle::Table(group) => group.id.get(),
+            GroupHandle::Catalog(_) => armada_storage::CATALOG_GROUP,
+            GroupHandle::Table(group) => group.id,
         }
     }
 
     /// The Raft leader this replica knows of.
-    pub fn current_leader(&self) -> Option<u64> {
-        with_raft!(self, raft => raft.server_metrics().borrow_watched().current_leader)
+    pub fn raft_leader(&self) -> Option<NodeId> {
+        with_raft!(self, raft => raft.server_metrics().borrow_watched().current_leader).map(NodeId)
     }
 
     /// Waits until this replica knows a Raft leader (or the deadline passes).
-    pub async fn wait_for_leader(&self, deadline: tokio::time::Instant) -> Option<u64> {
+    pub async fn wait_for_raft_leader(&self, deadline: tokio::time::Instant) -> Option<NodeId> {
         let wait = async {
             with_raft!(self, raft => {
                 let mut metrics = raft.server_metrics();
                 metrics.wait_until(|m| m.current_leader.is_some()).await.ok().and_then(|m| m.current_leader)
             })
         };
-        tokio::time::timeout_at(deadline, wait).await.ok().flatten()
+        tokio::time::timeout_at(deadline, wait)
+            .await
+            .ok()
+            .flatten()
+            .map(NodeId)
     }
 
-    /// Resolves once this replica no longer takes `leader` for the Raft leader (an election
-    /// started, or another node leads). Never resolves while it does, nor once the Raft core
-    /// has stopped.
-    pub async fn leader_moved_from(&self, leader: u64) {
+    /// Resolves once this replica no longer takes `raft_leader` for the Raft leader (an
+    /// election started, or another node leads). Never resolves while it does, nor once the
+    /// Raft core has stopped.
+    pub async fn raft_leader_moved_from(&self, raft_leader: NodeId) {
         let moved = with_raft!(self, raft => {
             let mut metrics = raft.server_metrics();
-            metrics.wait_until(|m| m.current_leader != Some(leader)).await.is_ok()
+            metrics.wait_until(|m| m.current_leader != Some(raft_leader.get())).await.is_ok()
         });
         if !moved {
             std::future::pending::<()>().await;
@@ -103,8 +109,8 @@ impl GroupHandle {
     }
 
     /// Asks this replica, if it leads, to hand leadership to `to`.
-    pub async fn trigger_transfer_leader(&self, to: u64) {
-        let _ = with_raft!(self, raft => raft.trigger().transfer_leader(to).await);
+    pub async fn trigger_transfer_leader(&self, to: NodeId) {
+        let _ = with_raft!(self, raft => raft.trigger().transfer_leader(to.get()).await);
     }
 
     pub async fn install_snapshot(
@@ -135,15 +141,15 @@ impl GroupHandle {
     }
 
     /// Proposes on this replica, which must be the Raft leader; `NotLeader` says who is.
-    pub async fn write_here(&self, request: Request) -> Result<(u64, Response), PeerError> {
+    pub async fn write_here(&self, request: Request) -> Result<(LogIndex, Response), PeerError> {
         use openraft::error::{ClientWriteError, RaftError};
         self.count_proposals(1);
         let result = with_raft!(self, raft => raft.client_write(request).await);
         match result {
-            Ok(response) => Ok((response.log_id.index, response.data)),
+            Ok(response) => Ok((LogIndex(response.log_id.index), response.data)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 Err(PeerError::NotLeader {
-                    leader: forward.leader_id,
+                    raft_leader: forward.leader_id.map(NodeId),
                 })
             }
             Err(error) => Err(failed(error)),
@@ -156,7 +162,7 @@ impl GroupHandle {
     pub async fn write_many_here(
         &self,
         requests: Vec<Request>,
-    ) -> Result<Vec<Result<(u64, Response), PeerError>>, PeerError> {
+    ) -> Result<Vec<Result<(LogIndex, Response), PeerError>>, PeerError> {
         use futures::StreamExt;
         use openraft::error::ClientWriteError;
         let count = requests.len();
@@ -166,9 +172,9 @@ impl GroupHandle {
         let mut outcomes = Vec::with_capacity(count);
         while let Some(result) = stream.next().await {
             outcomes.push(match result.map_err(failed)? {
-                Ok(written) => Ok((written.log_id.index, written.response)),
+                Ok(written) => Ok((LogIndex(written.log_id.index), written.response)),
                 Err(ClientWriteError::ForwardToLeader(forward)) => Err(PeerError::NotLeader {
-                    leader: forward.leader_id,
+                    raft_leader: forward.leader_id.map(NodeId),
                 }),
                 Err(error) => Err(failed(error)),
             });
@@ -184,14 +190,14 @@ impl GroupHandle {
 
     /// Confirms leadership with a quorum (ReadIndex) and returns the index a replica must have
     /// applied to serve a linearizable read. This replica must be the Raft leader.
-    pub async fn read_index_here(&self) -> Result<u64, PeerError> {
+    pub async fn read_index_here(&self) -> Result<LogIndex, PeerError> {
         use openraft::error::{LinearizableReadError, RaftError};
         let result = with_raft!(self, raft => raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex).await);
         match result {
-            Ok(read_log_id) => Ok(read_log_id.index()),
+            Ok(read_log_id) => Ok(LogIndex(read_log_id.index())),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward))) => {
                 Err(PeerError::NotLeader {
-                    leader: forward.leader_id,
+                    raft_leader: forward.leader_id.map(NodeId),
                 })
             }
             Err(error) => Err(failed(error)),

@@ -5,11 +5,18 @@
 //! and records the applied position. When a peer needs the snapshot, its data is streamed from a
 //! point-in-time [`ReadView`] whose position *is* the snapshot's metadata, so data and metadata
 //! always agree. Received snapshots arrive spooled in a file and are installed from it.
+//!
+//! Both state machines (tables and the catalog) build their snapshots through
+//! [`durable_snapshot`] and [`built`], so "durable first, then described" is written once.
 
+use std::future::Future;
 use std::io::{self, Read};
 
+use armada_storage::Storage;
 use armada_table::ReadView;
 use bytes::Bytes;
+
+use super::types::TypeConfig;
 
 /// What a snapshot's data is, on the side that has it.
 pub enum SnapshotData {
@@ -19,6 +26,30 @@ pub enum SnapshotData {
     Bytes(Bytes),
     /// A snapshot received from a peer, spooled to a temporary file.
     File(std::fs::File),
+}
+
+/// A snapshot as openraft hands it around: its metadata and its data.
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
+
+/// The state machine's current state as a snapshot, durable first: once openraft holds a
+/// snapshot it may purge the log below it, so the state the snapshot describes must survive a
+/// crash before. `describe` (run after the sync) says what the state is, or `None` before
+/// anything was applied. Shared by the table and catalog state machines.
+pub async fn durable_snapshot(
+    storage: &Storage,
+    describe: impl Future<Output = io::Result<Option<Snapshot>>>,
+) -> io::Result<Option<Snapshot>> {
+    let storage = storage.clone();
+    tokio::task::spawn_blocking(move || storage.sync())
+        .await
+        .map_err(io::Error::other)?
+        .map_err(io::Error::other)?;
+    describe.await
+}
+
+/// `build_snapshot`'s answer: the current snapshot, which exists once anything was applied.
+pub fn built(current: Option<Snapshot>) -> io::Result<Snapshot> {
+    current.ok_or_else(|| io::Error::other("nothing applied yet: no snapshot to build"))
 }
 
 impl SnapshotData {

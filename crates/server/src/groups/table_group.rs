@@ -2,7 +2,7 @@
 //! node's table map holds them. The API, the follower side and the replication service reach a
 //! table through this.
 
-use armada_storage::TableId;
+use armada_storage::{NodeId, TableId, Term};
 use armada_table::Table;
 use openraft::async_runtime::WatchReceiver;
 
@@ -20,12 +20,12 @@ pub struct TableGroup {
 
 impl TableGroup {
     /// Term and Raft leader as this replica knows them, for response headers.
-    pub fn term_and_leader(&self) -> (u64, u64) {
+    pub fn term_and_raft_leader(&self) -> (Term, Option<NodeId>) {
         let metrics = self.raft.server_metrics();
         let metrics = metrics.borrow_watched();
         (
-            metrics.vote.leader_id.term,
-            metrics.current_leader.unwrap_or(0),
+            Term(metrics.vote.leader_id.term),
+            metrics.current_leader.map(NodeId),
         )
     }
 }

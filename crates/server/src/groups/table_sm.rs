@@ -19,7 +19,7 @@ use openraft::storage::{ApplyResponder, EntryResponder, RaftSnapshotBuilder, Raf
 use openraft::{EntryPayload, OptionalSend};
 use tokio::sync::watch;
 
-use super::snapshot::SnapshotData;
+use super::snapshot::{Snapshot, SnapshotData, built, durable_snapshot};
 use super::types::{LogId, RaftAppliedState, Response, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::replication::log_cache::{CachedEntry, LogCache};
 
@@ -207,45 +207,31 @@ impl TableStateMachine {
 
     /// The current state as a snapshot: durable first (the log below it may then be purged),
     /// then described by the position of a point-in-time view of it.
-    async fn current_snapshot(
-        &self,
-    ) -> io::Result<Option<openraft::alias::SnapshotOf<TypeConfig, SnapshotData>>> {
-        let storage = self.storage.clone();
-        tokio::task::spawn_blocking(move || storage.sync())
-            .await
-            .map_err(io::Error::other)?
-            .map_err(io::Error::other)?;
-        let view = self.table.read_view();
-        let raft_state = RaftAppliedState::decode(&view.position().raft_state)?;
-        if raft_state.last_applied.is_none() {
-            return Ok(None);
-        }
-        let meta = SnapshotMeta {
-            last_log_id: raft_state.last_applied,
-            last_membership: raft_state.last_membership,
-        };
-        Ok(Some(openraft::alias::SnapshotOf::<
-            TypeConfig,
-            SnapshotData,
-        > {
-            meta,
-            snapshot: SnapshotData::View(view),
-        }))
+    async fn current_snapshot(&self) -> io::Result<Option<Snapshot>> {
+        durable_snapshot(&self.storage, async {
+            let view = self.table.read_view();
+            let raft_state = RaftAppliedState::decode(&view.position().raft_state)?;
+            if raft_state.last_applied.is_none() {
+                return Ok(None);
+            }
+            let meta = SnapshotMeta {
+                last_log_id: raft_state.last_applied,
+                last_membership: raft_state.last_membership,
+            };
+            Ok(Some(Snapshot {
+                meta,
+                snapshot: SnapshotData::View(view),
+            }))
+        })
+        .await
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for TableStateMachine {
     type SnapshotData = SnapshotData;
 
-    async fn build_snapshot(
-        &mut self,
-    ) -> Result<openraft::alias::SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
-        match self.current_snapshot().await? {
-            Some(snapshot) => Ok(snapshot),
-            None => Err(io::Error::other(
-                "nothing applied yet: no snapshot to build",
-            )),
-        }
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        built(self.current_snapshot().await?)
     }
 }
 
@@ -320,9 +306,7 @@ impl RaftStateMachine<TypeConfig> for TableStateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<Option<openraft::alias::SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         self.current_snapshot().await
     }
 }

@@ -46,8 +46,10 @@ pub enum Response {
     Catalog(crate::catalog::state::CatalogOutcome),
 }
 
-// Responses cross nodes for forwarded writes (`PeerResponse::Write`, postcard): table
-// outcomes as their serde form (kvs as protobuf bytes), the rest as they are.
+// Responses cross nodes: a write forwarded to the Raft leader comes back as
+// `PeerResponse::Write` or `WriteBatch` (cluster/rpc.rs), postcard-encoded: table outcomes as
+// their serde form (kvs as protobuf bytes), the rest as they are.
+// Variants are appended, never reordered: postcard encodes a variant's position.
 #[derive(Serialize, Deserialize)]
 enum ResponseWire {
     Empty,
