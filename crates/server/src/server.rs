@@ -23,6 +23,7 @@ use tonic_reflection::server as reflection;
 use crate::address::ListenAddress;
 use crate::api;
 use crate::config::ServerConfig;
+use crate::follower::FollowerHost;
 use crate::listener::Listener;
 use crate::node::Node;
 
@@ -54,6 +55,14 @@ pub async fn run(
         .transpose()?;
     let _ = std::fs::remove_file(config.data_dir.join(LISTEN_FILE));
     let node = Node::start(config.clone()).await?;
+    // A follower cluster's replication machinery, handed to the services that use it.
+    let follower = match config.is_follower() {
+        true => {
+            let host: Arc<dyn FollowerHost> = node.clone();
+            Some(crate::follower::start(&host, &config.replication)?)
+        }
+        false => None,
+    };
     if !node.wait_ready(Duration::from_secs(30)).await {
         anyhow::bail!("the catalog group elected no leader within 30 s");
     }
@@ -107,15 +116,16 @@ pub async fn run(
         .add_service(reflection.1)
         .add_service(compressed(KvServer::new(api::kv::KvService::new(
             node.clone(),
+            follower.clone(),
         ))))
         .add_service(compressed(TablesServer::new(
-            api::tables::TablesService::new(node.clone()),
+            api::tables::TablesService::new(node.clone(), follower.clone()),
         )))
         .add_service(compressed(ClusterServer::new(
-            api::cluster::ClusterService::new(node.clone()),
+            api::cluster::ClusterService::new(node.clone(), follower.clone()),
         )))
         .add_service(compressed(MaintenanceServer::new(
-            api::maintenance::MaintenanceService::new(node.clone()),
+            api::maintenance::MaintenanceService::new(node.clone(), follower.clone()),
         )));
     let replication = api::replication::ReplicationService::new(node.clone(), stop.clone());
     let replication_server = tonic::transport::Server::builder()
@@ -142,7 +152,10 @@ pub async fn run(
         // As in Regatta, follower clusters forward writes to this KV; here it is guarded by
         // the replication token (the API port's KV is not).
         .add_service(InterceptedService::new(
-            compressed(KvServer::new(api::kv::KvService::new(node.clone()))),
+            compressed(KvServer::new(api::kv::KvService::new(
+                node.clone(),
+                follower.clone(),
+            ))),
             replication_token_check(&config.replication.token),
         ));
 
@@ -151,7 +164,7 @@ pub async fn run(
         Some(listener) => tokio::spawn(listener.serve(replication_server, wait_for(stop.clone()))),
         None => tokio::spawn(async { Ok(()) }),
     };
-    let rest_router = crate::rest::router(node.clone(), metrics);
+    let rest_router = crate::rest::router(node.clone(), follower.clone(), metrics);
     let rest_stop = wait_for(stop.clone());
     let rest_task = tokio::spawn(async move {
         axum::serve(rest_listener, rest_router)
@@ -162,6 +175,7 @@ pub async fn run(
     let (health_stop_sender, health_stop) = watch::channel(false);
     let health_task = tokio::spawn(crate::health::follow_readiness(
         node.clone(),
+        follower.clone(),
         health_reporter.clone(),
         health_stop,
     ));

@@ -17,31 +17,33 @@ use tonic::{Request, Response, Status};
 
 use super::metered;
 use crate::error::ApiError;
-use crate::follower::LagReport;
+use crate::follower::{Follower, LagReport};
 use crate::node::Node;
 
 const SERVICE: &str = "regatta.v1.Cluster";
 
 pub struct ClusterService {
     node: Arc<Node>,
+    /// On a follower cluster: the replication machinery (forwarding, lag, Reset).
+    follower: Option<Arc<Follower>>,
 }
 
 impl ClusterService {
-    pub fn new(node: Arc<Node>) -> Self {
-        ClusterService { node }
+    pub fn new(node: Arc<Node>, follower: Option<Arc<Follower>>) -> Self {
+        ClusterService { node, follower }
     }
 
     /// On a follower: the seconds since the leader cluster last answered this node, and the
     /// cause of the current failure (in `errors`); 0 on the leader cluster.
     fn leader_contact(&self, errors: &mut Vec<String>) -> f64 {
-        let Some(follower) = self.node.follower() else {
+        let Some(follower) = &self.follower else {
             return 0.0;
         };
         let contact = follower.contact.report();
         if let Some(error) = contact.error {
             errors.push(format!(
                 "replication: the leader cluster {} last answered {:.1} s ago: {error}",
-                follower.leader_address(),
+                follower.leader_cluster_address(),
                 contact.seconds_since_contact
             ));
         }
@@ -50,7 +52,7 @@ impl ClusterService {
 
     /// On a follower: the table's replication progress, and its failure (in `errors`).
     fn table_lag(&self, name: &str, applied: u64, errors: &mut Vec<String>) -> LagReport {
-        let Some(follower) = self.node.follower() else {
+        let Some(follower) = &self.follower else {
             return LagReport::default();
         };
         let lag = follower

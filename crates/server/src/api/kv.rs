@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 
 use super::{deadline, header, metered, validate};
 use crate::error::ApiError;
+use crate::follower::Follower;
 use crate::groups::types::{self, Response as RaftResponse};
 use crate::node::{GroupHandle, Node, TableGroup};
 
@@ -27,11 +28,13 @@ const SERVICE: &str = "regatta.v1.KV";
 
 pub struct KvService {
     node: Arc<Node>,
+    /// On a follower cluster: the replication machinery (forwarding, lag, Reset).
+    follower: Option<Arc<Follower>>,
 }
 
 impl KvService {
-    pub fn new(node: Arc<Node>) -> Self {
-        KvService { node }
+    pub fn new(node: Arc<Node>, follower: Option<Arc<Follower>>) -> Self {
+        KvService { node, follower }
     }
 
     /// A view of the table that reflects every write acknowledged before the call when
@@ -96,7 +99,7 @@ impl KvService {
     async fn put_inner(&self, request: Request<PutRequest>) -> Result<PutResponse, ApiError> {
         let deadline = deadline(&request);
         let request = request.into_inner();
-        if let Some(follower) = self.node.follower() {
+        if let Some(follower) = self.follower.as_ref() {
             return follower.forward_put(request, deadline).await;
         }
         let table = validate::table(&request.table)?;
@@ -135,7 +138,7 @@ impl KvService {
     ) -> Result<DeleteRangeResponse, ApiError> {
         let deadline = deadline(&request);
         let request = request.into_inner();
-        if let Some(follower) = self.node.follower() {
+        if let Some(follower) = self.follower.as_ref() {
             return follower.forward_delete_range(request, deadline).await;
         }
         let table = validate::table(&request.table)?;
@@ -180,7 +183,7 @@ impl KvService {
         let deadline = deadline(&request);
         let request = request.into_inner();
         // A follower serves read-only transactions itself and forwards the others.
-        if let Some(follower) = self.node.follower()
+        if let Some(follower) = self.follower.as_ref()
             && !request
                 .success
                 .iter()

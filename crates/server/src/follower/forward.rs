@@ -12,7 +12,9 @@ use armada_proto::regatta::v1::{
     TxnResponse,
 };
 
-use super::{Follower, LeaderChannel, applied_leader_index};
+use super::lag::applied_leader_index;
+use super::leader_cluster::LeaderClusterChannel;
+use super::state::Follower;
 use crate::error::ApiError;
 use armada_proto::regatta::v1::kv_client::KvClient;
 
@@ -94,10 +96,10 @@ impl Follower {
         call: F,
     ) -> Result<T, ApiError>
     where
-        F: FnOnce(KvClient<LeaderChannel>) -> Fut,
+        F: FnOnce(KvClient<LeaderClusterChannel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let answer = tokio::time::timeout_at(deadline, call(self.kv_client()))
+        let answer = tokio::time::timeout_at(deadline, call(self.leader_cluster.kv_client()))
             .await
             .map_err(|_| ApiError::DeadlineExceeded)?
             .map_err(leader_error)?;
@@ -116,12 +118,12 @@ impl Follower {
             return Ok(());
         }
         let name = String::from_utf8_lossy(table).into_owned();
-        let node = self
-            .node()
+        let host = self
+            .host()
             .ok_or_else(|| ApiError::Unavailable("the node is shutting down".into()))?;
         // The table may not be served here yet (created on the leader a moment ago).
         let group = loop {
-            match node.table(&name).await {
+            match host.table(&name).await {
                 Ok(group) => break group,
                 Err(ApiError::TableNotFound(_) | ApiError::Unavailable(_))
                     if tokio::time::Instant::now() + TABLE_APPEAR_PAUSE < deadline =>
@@ -158,10 +160,10 @@ impl Follower {
     ) -> Result<(), ApiError> {
         use armada_table::pb;
         use prost::Message;
-        let node = self
-            .node()
+        let host = self
+            .host()
             .ok_or_else(|| ApiError::Unavailable("the node is shutting down".into()))?;
-        let group = node.table(name).await?;
+        let group = host.table(name).await?;
         let command = pb::Command {
             table: bytes::Bytes::from(name.as_bytes().to_vec()),
             r#type: pb::command::CommandType::Dummy as i32,
@@ -169,13 +171,7 @@ impl Follower {
             ..Default::default()
         };
         let request = crate::groups::types::Request(bytes::Bytes::from(command.encode_to_vec()));
-        let (log_index, _) = node
-            .write(
-                &crate::node::GroupHandle::Table(group.clone()),
-                request,
-                deadline,
-            )
-            .await?;
+        let (log_index, _) = host.propose(&group, request, deadline).await?;
         self.lag(name).reset();
         tracing::info!(
             table = name,
@@ -183,7 +179,7 @@ impl Follower {
         );
         let mut applied = group.state_machine.subscribe();
         let rebuilt = |position: &armada_table::AppliedPosition| {
-            position.log_index.get() > log_index
+            position.log_index > log_index
                 && position.leader_index.is_some_and(|index| index.get() > 0)
         };
         tokio::time::timeout_at(deadline, applied.wait_for(rebuilt))

@@ -19,15 +19,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use openraft::async_runtime::WatchReceiver;
 use std::time::{Duration, Instant};
 
 use armada_proto::armada::v1::MetadataWatchRequest;
-use armada_proto::armada::v1::metadata_feed_client::MetadataFeedClient;
 use armada_proto::replication::v1::{MetadataRequest, MetadataResponse};
 
-use super::{CONTACT_GRACE, Follower, MAX_RECEIVE_BYTES, applied_leader_index, describe_failure};
-use crate::node::Node;
+use super::host::FollowerHost;
+use super::lag::{CONTACT_GRACE, applied_leader_index};
+use super::leader_cluster::describe_failure;
+use super::state::{Follower, record_metrics};
 
 /// Deadline of one `Metadata.Get`.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,38 +47,38 @@ pub async fn run(follower: Arc<Follower>) {
     let interval = follower.reconcile_interval;
     let mut failures = 0u32;
     loop {
-        let Some(node) = follower.node() else { return };
+        let Some(host) = follower.host() else { return };
         if !follower.feed_active() {
-            match poll_once(&follower, &node).await {
+            match poll_once(&follower, host.as_ref()).await {
                 Ok(()) => failures = 0,
                 Err(error) => {
                     failures += 1;
                     // Say it once, then only now and then while the leader stays unreachable.
                     if failures == 1 || failures.is_multiple_of(60) {
-                        tracing::warn!(%error, leader = follower.leader_address(), "reconciling tables with the leader cluster failed");
+                        tracing::warn!(%error, leader = follower.leader_cluster_address(), "reconciling tables with the leader cluster failed");
                     }
                 }
             }
         }
-        super::record_metrics(&follower);
-        drop(node);
+        record_metrics(&follower);
+        drop(host);
         tokio::time::sleep(interval).await;
     }
 }
 
-async fn poll_once(follower: &Follower, node: &Arc<Node>) -> Result<(), String> {
+async fn poll_once(follower: &Follower, host: &dyn FollowerHost) -> Result<(), String> {
     let mut request = tonic::Request::new(MetadataRequest {});
     request.set_timeout(METADATA_TIMEOUT);
-    let mut client = follower.metadata_client();
+    let mut client = follower.leader_cluster.metadata_client();
     let answer = tokio::time::timeout(METADATA_TIMEOUT, client.get(request))
         .await
         .unwrap_or_else(|_| Err(tonic::Status::unavailable("no answer in time")));
     match answer {
-        Ok(response) => apply_tables(follower, node, response.into_inner()).await,
+        Ok(response) => apply_tables(follower, host, response.into_inner()).await,
         Err(status) => {
             let error = describe_failure("Metadata.Get", &status);
             follower.contact.failed(error.clone());
-            follower.rotate();
+            follower.leader_cluster.rotate();
             Err(error)
         }
     }
@@ -98,13 +98,13 @@ enum FeedEnd {
 pub async fn follow_feed(follower: Arc<Follower>) {
     let mut backoff = FEED_MIN_BACKOFF;
     loop {
-        let Some(node) = follower.node() else { return };
-        let ended = feed_session(&follower, &node).await;
-        drop(node);
+        let Some(host) = follower.host() else { return };
+        let ended = feed_session(&follower, host.as_ref()).await;
+        drop(host);
         let pause = match ended {
             FeedEnd::Unsupported => {
                 tracing::info!(
-                    leader = follower.leader_address(),
+                    leader = follower.leader_cluster_address(),
                     "the leader cluster has no MetadataFeed: polling Metadata.Get instead"
                 );
                 FEED_RETRY_UNSUPPORTED
@@ -124,9 +124,8 @@ pub async fn follow_feed(follower: Arc<Follower>) {
     }
 }
 
-async fn feed_session(follower: &Follower, node: &Arc<Node>) -> FeedEnd {
-    let mut client =
-        MetadataFeedClient::new(follower.channel()).max_decoding_message_size(MAX_RECEIVE_BYTES);
+async fn feed_session(follower: &Follower, host: &dyn FollowerHost) -> FeedEnd {
+    let mut client = follower.leader_cluster.metadata_feed_client();
     let opened = tokio::time::timeout(
         FEED_IDLE_TIMEOUT,
         client.watch(tonic::Request::new(MetadataWatchRequest {})),
@@ -153,7 +152,7 @@ async fn feed_session(follower: &Follower, node: &Arc<Node>) -> FeedEnd {
                 if let Ok(mut heard) = follower.feed_heard_at.lock() {
                     *heard = Some(Instant::now());
                 }
-                if let Err(error) = apply_tables(follower, node, tables).await {
+                if let Err(error) = apply_tables(follower, host, tables).await {
                     tracing::warn!(%error, "applying the leader cluster's table set failed");
                 }
             }
@@ -166,25 +165,16 @@ async fn feed_session(follower: &Follower, node: &Arc<Node>) -> FeedEnd {
     }
 }
 
-/// Whether this node leads the follower cluster's catalog group.
-fn leads_catalog(node: &Node) -> bool {
-    node.catalog
-        .server_metrics()
-        .borrow_watched()
-        .current_leader
-        == Some(node.node_id.get())
-}
-
 /// Takes in one answer of the leader: contact, leader indices, the known table set; on the
 /// catalog's leader, the catalog changes that mirror it.
 async fn apply_tables(
     follower: &Follower,
-    node: &Arc<Node>,
+    host: &dyn FollowerHost,
     response: MetadataResponse,
 ) -> Result<(), String> {
     let _one_at_a_time = follower.applying.lock().await;
     follower.heard(None);
-    let groups = node.table_groups();
+    let groups = host.table_groups();
     for table in &response.tables {
         let lag = follower.lag(&table.name);
         lag.contact.listed();
@@ -204,7 +194,7 @@ async fn apply_tables(
                 .collect(),
         );
     }
-    if !leads_catalog(node) {
+    if !host.leads_catalog() {
         return Ok(());
     }
     let desired: BTreeMap<String, Option<u64>> = response
@@ -213,18 +203,18 @@ async fn apply_tables(
         .map(|table| (table.name.clone(), table.id.parse::<u64>().ok()))
         .collect();
     let deadline = tokio::time::Instant::now() + CHANGE_TIMEOUT;
-    remove_vanished(follower, node, &desired, deadline).await?;
-    create_missing(node, &desired, deadline).await
+    remove_vanished(follower, host, &desired, deadline).await?;
+    create_missing(host, &desired, deadline).await
 }
 
 /// Deletes local tables that the leader no longer has, or has re-created under a new id.
 async fn remove_vanished(
     follower: &Follower,
-    node: &Arc<Node>,
+    host: &dyn FollowerHost,
     desired: &BTreeMap<String, Option<u64>>,
     deadline: tokio::time::Instant,
 ) -> Result<(), String> {
-    let catalog = node.catalog_state();
+    let catalog = host.catalog_state();
     for (name, record) in &catalog.tables {
         let replace = match desired.get(name) {
             None => true,
@@ -237,7 +227,7 @@ async fn remove_vanished(
             );
             follower.lag(name).reset();
             follower.forget_lag(name);
-            node.delete_table(name, deadline)
+            host.delete_table(name, deadline)
                 .await
                 .or_else(|error| match error {
                     crate::error::ApiError::TableNotFound(_) => Ok(()),
@@ -250,18 +240,18 @@ async fn remove_vanished(
 }
 
 async fn create_missing(
-    node: &Arc<Node>,
+    host: &dyn FollowerHost,
     desired: &BTreeMap<String, Option<u64>>,
     deadline: tokio::time::Instant,
 ) -> Result<(), String> {
-    let catalog = node.catalog_state();
+    let catalog = host.catalog_state();
     for (name, upstream) in desired {
         if !catalog.tables.contains_key(name) {
             tracing::info!(
                 table = name,
                 "replicating a new table of the leader cluster"
             );
-            match node.create_table_with(name, *upstream, deadline).await {
+            match host.create_table(name, *upstream, deadline).await {
                 Ok(_) | Err(crate::error::ApiError::TableExists) => {}
                 Err(error) => return Err(format!("creating table {name}: {error}")),
             }

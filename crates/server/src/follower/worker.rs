@@ -24,9 +24,12 @@ use armada_table::pb;
 use bytes::Bytes;
 use prost::Message;
 
-use super::{Follower, TableLag, applied_leader_index};
+use super::host::FollowerHost;
+use super::lag::{TableLag, applied_leader_index};
+use super::leader_cluster::describe_failure;
+use super::state::Follower;
+use crate::groups::table_group::TableGroup;
 use crate::groups::types::{Request, Response};
-use crate::node::{GroupHandle, Node, TableGroup};
 
 /// How often the supervisor matches workers to the running tables.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
@@ -65,8 +68,8 @@ impl Drop for AbortOnDrop {
 /// Starts a worker for every running table and stops those of removed tables.
 pub async fn supervise(follower: Arc<Follower>) {
     loop {
-        let Some(node) = follower.node() else { return };
-        let groups = node.table_groups();
+        let Some(host) = follower.host() else { return };
+        let groups = host.table_groups();
         if let Ok(mut workers) = follower.workers.lock() {
             workers.retain(|id, task| {
                 let running = groups.values().any(|group| group.id.get() == *id);
@@ -81,13 +84,13 @@ pub async fn supervise(follower: Arc<Follower>) {
                 });
             }
         }
-        drop(node);
+        drop(host);
         tokio::time::sleep(SUPERVISE_EVERY).await;
     }
 }
 
-fn leads(node: &Node, group: &TableGroup) -> bool {
-    group.raft.server_metrics().borrow_watched().current_leader == Some(node.node_id.get())
+fn leads(host: &dyn FollowerHost, group: &TableGroup) -> bool {
+    group.raft.server_metrics().borrow_watched().current_leader == Some(host.node_id().get())
 }
 
 async fn run(follower: Arc<Follower>, group: Arc<TableGroup>) {
@@ -97,19 +100,19 @@ async fn run(follower: Arc<Follower>, group: Arc<TableGroup>) {
     let mut metrics = group.raft.server_metrics();
     let mut backoff = MIN_BACKOFF;
     loop {
-        let Some(node) = follower.node() else { return };
-        if !leads(&node, &group) {
-            drop(node);
+        let Some(host) = follower.host() else { return };
+        if !leads(host.as_ref(), &group) {
+            drop(host);
             // Wake up on any Raft change (a new leader), at least every second.
             let _ = tokio::time::timeout(Duration::from_secs(1), metrics.changed()).await;
             continue;
         }
-        match session(&follower, &node, &group, &lag).await {
+        match session(&follower, host.as_ref(), &group, &lag).await {
             Ok(()) => backoff = MIN_BACKOFF,
             Err(error) => {
                 tracing::debug!(table = group.name, %error, "replication session ended");
                 lag.contact.failed(error);
-                drop(node);
+                drop(host);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -120,20 +123,20 @@ async fn run(follower: Arc<Follower>, group: Arc<TableGroup>) {
 /// One replication session: bootstrap if needed, else tail the log until the stream ends.
 async fn session(
     follower: &Follower,
-    node: &Arc<Node>,
+    host: &dyn FollowerHost,
     group: &Arc<TableGroup>,
     lag: &TableLag,
 ) -> Result<(), String> {
     let applied = applied_leader_index(&group.table);
     if applied == 0 {
-        return bootstrap(follower, node, group, lag).await;
+        return bootstrap(follower, host, group, lag).await;
     }
     let mut request = tonic::Request::new(ReplicateRequest {
         table: Bytes::from(group.name.clone().into_bytes()),
         leader_index: applied + 1,
     });
     request.set_timeout(REPLICATE_TIMEOUT);
-    let mut client = follower.log_client();
+    let mut client = follower.leader_cluster.log_client();
     let opened = tokio::time::timeout(STREAM_IDLE_TIMEOUT, client.replicate(request));
     let mut stream = match opened
         .await
@@ -142,9 +145,9 @@ async fn session(
         Ok(response) => response.into_inner(),
         Err(status) => {
             if status.code() == tonic::Code::Unavailable {
-                follower.rotate();
+                follower.leader_cluster.rotate();
             }
-            return Err(super::describe_failure("Log.Replicate", &status));
+            return Err(describe_failure("Log.Replicate", &status));
         }
     };
     // A reader task keeps receiving while a batch is being proposed, so that everything that
@@ -157,7 +160,7 @@ async fn session(
             let next = match tokio::time::timeout(STREAM_IDLE_TIMEOUT, stream.message()).await {
                 Ok(Ok(Some(message))) => Ok(message),
                 Ok(Ok(None)) => return,
-                Ok(Err(status)) => Err(super::describe_failure("Log.Replicate stream", &status)),
+                Ok(Err(status)) => Err(describe_failure("Log.Replicate stream", &status)),
                 Err(_) => Err("Log.Replicate stream went silent".to_string()),
             };
             let failed = next.is_err();
@@ -189,7 +192,7 @@ async fn session(
         }
         match message.response {
             Some(replicate_response::Response::CommandsResponse(batch)) => {
-                if !leads(node, group) {
+                if !leads(host, group) {
                     return Ok(());
                 }
                 let mut commands = batch.commands;
@@ -217,13 +220,13 @@ async fn session(
                         Err(_) => break,
                     }
                 }
-                propose_batch(node, group, commands).await?;
+                propose_batch(host, group, commands).await?;
                 lag.observe_applied(applied_leader_index(&group.table));
                 news = true;
             }
             Some(replicate_response::Response::ErrorResponse(error)) => {
                 return match ReplicateError::try_from(error.error) {
-                    Ok(ReplicateError::UseSnapshot) => bootstrap(follower, node, group, lag).await,
+                    Ok(ReplicateError::UseSnapshot) => bootstrap(follower, host, group, lag).await,
                     Ok(ReplicateError::LeaderBehind) => {
                         tracing::warn!(
                             table = group.name,
@@ -247,7 +250,7 @@ async fn session(
 
 /// Proposes the leader's commands as SEQUENCEs of about [`SEQUENCE_BYTES`].
 async fn propose_batch(
-    node: &Node,
+    host: &dyn FollowerHost,
     group: &Arc<TableGroup>,
     commands: Vec<ReplicateCommand>,
 ) -> Result<(), String> {
@@ -263,7 +266,7 @@ async fn propose_batch(
         bytes += command.encoded_len();
         sequence.push(command);
         if bytes >= SEQUENCE_BYTES || at + 1 == count {
-            propose_sequence(node, group, std::mem::take(&mut sequence)).await?;
+            propose_sequence(host, group, std::mem::take(&mut sequence)).await?;
             bytes = 0;
         }
     }
@@ -271,7 +274,7 @@ async fn propose_batch(
 }
 
 async fn propose_sequence(
-    node: &Node,
+    host: &dyn FollowerHost,
     group: &Arc<TableGroup>,
     sequence: Vec<pb::Command>,
 ) -> Result<(), String> {
@@ -283,10 +286,7 @@ async fn propose_sequence(
     };
     let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
     let request = Request(Bytes::from(command.encode_to_vec()));
-    match node
-        .write(&GroupHandle::Table(group.clone()), request, deadline)
-        .await
-    {
+    match host.propose(group, request, deadline).await {
         Ok((_, Response::Table { .. })) => Ok(()),
         Ok((_, Response::Rejected(message))) => Err(format!("replicated batch refused: {message}")),
         Ok((_, other)) => Err(format!("unexpected response {other:?}")),
@@ -297,7 +297,7 @@ async fn propose_sequence(
 /// Replaces the table with a snapshot of the leader's (dump + final leader index).
 async fn bootstrap(
     follower: &Follower,
-    node: &Arc<Node>,
+    host: &dyn FollowerHost,
     group: &Arc<TableGroup>,
     lag: &TableLag,
 ) -> Result<(), String> {
@@ -307,7 +307,7 @@ async fn bootstrap(
         .acquire_owned()
         .await
         .map_err(|_| "shutting down".to_string())?;
-    if !leads(node, group) {
+    if !leads(host, group) {
         return Ok(());
     }
     let started = std::time::Instant::now();
@@ -315,7 +315,7 @@ async fn bootstrap(
         table: Bytes::from(group.name.clone().into_bytes()),
     });
     request.set_timeout(SNAPSHOT_TIMEOUT);
-    let mut client = follower.snapshot_client();
+    let mut client = follower.leader_cluster.snapshot_client();
     let opened = tokio::time::timeout(STREAM_IDLE_TIMEOUT, client.stream(request));
     let mut stream = match opened
         .await
@@ -324,12 +324,12 @@ async fn bootstrap(
         Ok(response) => response.into_inner(),
         Err(status) => {
             if status.code() == tonic::Code::Unavailable {
-                follower.rotate();
+                follower.leader_cluster.rotate();
             }
-            return Err(super::describe_failure("Snapshot.Stream", &status));
+            return Err(describe_failure("Snapshot.Stream", &status));
         }
     };
-    let spool = tempfile::NamedTempFile::new_in(node.temporary_dir())
+    let spool = tempfile::NamedTempFile::new_in(host.temporary_dir())
         .map_err(|error| format!("cannot create a spool file: {error}"))?;
     let mut writer = std::io::BufWriter::with_capacity(
         1024 * 1024,
@@ -350,7 +350,7 @@ async fn bootstrap(
                     .map_err(|error| format!("writing the spool file: {error}"))?;
             }
             Ok(None) => break,
-            Err(status) => return Err(super::describe_failure("Snapshot.Stream", &status)),
+            Err(status) => return Err(describe_failure("Snapshot.Stream", &status)),
         }
     }
     tokio::task::block_in_place(|| writer.flush())
@@ -361,16 +361,15 @@ async fn bootstrap(
     lag.count_recovery();
     metrics::counter!("armada_replication_snapshot_recoveries_total", "table" => group.name.clone())
         .increment(1);
-    let loaded = node
-        .load_table_from_dump(
+    let loaded = host
+        .install_snapshot(
             group,
             spool.path(),
-            true,
             tokio::time::Instant::now() + SNAPSHOT_TIMEOUT,
         )
         .await
         .map_err(|error| format!("installing the leader's snapshot: {error}"))?;
-    let leader_index = loaded.leader_index.unwrap_or_default();
+    let leader_index = loaded.leader_index.unwrap_or_default().get();
     lag.observe_leader(leader_index, applied_leader_index(&group.table));
     tracing::info!(
         table = group.name,
