@@ -15,6 +15,8 @@ use armada_proto::regatta::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use armada_storage::LeaderIndex;
+
 use super::metered;
 use crate::error::ApiError;
 use crate::follower::{Follower, LagReport};
@@ -51,7 +53,7 @@ impl ClusterService {
     }
 
     /// On a follower: the table's replication progress, and its failure (in `errors`).
-    fn table_lag(&self, name: &str, applied: u64, errors: &mut Vec<String>) -> LagReport {
+    fn table_lag(&self, name: &str, applied: LeaderIndex, errors: &mut Vec<String>) -> LagReport {
         let Some(follower) = &self.follower else {
             return LagReport::default();
         };
@@ -79,7 +81,7 @@ impl ClusterService {
                 }
             };
             let position = view.position();
-            let applied_leader_index = position.leader_index.map_or(0, |index| index.get());
+            let applied_leader_index = position.leader_index.unwrap_or_default();
             let lag = self.table_lag(name, applied_leader_index, &mut errors);
             tables.insert(
                 name.clone(),
@@ -104,8 +106,8 @@ impl ClusterService {
                         .first_index()
                         .unwrap_or_default()
                         .unwrap_or(0),
-                    replication_leader_index: lag.leader_index,
-                    replication_applied_index: lag.applied_leader_index,
+                    replication_leader_index: lag.leader_index.get(),
+                    replication_applied_index: lag.applied_leader_index.get(),
                     replication_lag_entries: lag.lag_entries,
                     replication_lag_seconds: lag.lag_seconds,
                     replication_snapshot_recoveries: lag.recoveries,

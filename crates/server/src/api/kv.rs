@@ -100,7 +100,7 @@ impl KvService {
         let deadline = deadline(&request);
         let request = request.into_inner();
         if let Some(follower) = self.follower.as_ref() {
-            return follower.forward_put(request, deadline).await;
+            return follower.forward(request, deadline).await;
         }
         let table = validate::table(&request.table)?;
         validate::key("key", &request.key)?;
@@ -139,7 +139,7 @@ impl KvService {
         let deadline = deadline(&request);
         let request = request.into_inner();
         if let Some(follower) = self.follower.as_ref() {
-            return follower.forward_delete_range(request, deadline).await;
+            return follower.forward(request, deadline).await;
         }
         let table = validate::table(&request.table)?;
         validate::key("key", &request.key)?;
@@ -190,7 +190,7 @@ impl KvService {
                 .chain(&request.failure)
                 .all(|op| matches!(op.request, Some(pb::request_op::Request::RequestRange(_))))
         {
-            return follower.forward_txn(request, deadline).await;
+            return follower.forward(request, deadline).await;
         }
         validate::txn(&request)?;
         let group = self.node.table(&validate::table(&request.table)?).await?;

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use armada_storage::{LeaderIndex, LogIndex, NodeId, TableId};
+use openraft::async_runtime::WatchReceiver;
 
 use crate::catalog::CatalogState;
 use crate::error::ApiError;
@@ -32,6 +33,11 @@ pub struct InstalledSnapshot {
 pub trait FollowerHost: Send + Sync {
     /// This node's id in its cluster (to tell whether it is a group's Raft leader).
     fn node_id(&self) -> NodeId;
+
+    /// Whether this node is the Raft leader of `group` (only that node replicates the table).
+    fn leads_table(&self, group: &TableGroup) -> bool {
+        group.raft.server_metrics().borrow_watched().current_leader == Some(self.node_id().get())
+    }
 
     /// Whether this node is the Raft leader of the follower cluster's catalog group.
     fn leads_catalog(&self) -> bool;

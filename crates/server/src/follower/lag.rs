@@ -14,6 +14,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use armada_storage::LeaderIndex;
+
 /// A follower whose last answer from the leader cluster is at most this old is taken as
 /// current (the leader repeats itself every second: `Log.Replicate` heartbeats and
 /// `MetadataFeed` keep-alives); past it, the silence counts as lag.
@@ -107,7 +109,8 @@ pub fn silence_seconds(seconds_since_contact: f64, grace: Duration) -> f64 {
 /// Replication progress of one table on this node.
 #[derive(Debug, Default)]
 pub struct TableLag {
-    /// The leader's applied index of the table, as last reported by the leader.
+    /// The leader's applied index of the table (a [`LeaderIndex`]), as last reported by the
+    /// leader; atomic so that readers never wait for the worker.
     leader_index: AtomicU64,
     /// When this replica was first seen behind the leader's index (cleared when caught up).
     behind_since: Mutex<Option<Instant>>,
@@ -120,8 +123,8 @@ pub struct TableLag {
 /// A point-in-time reading of [`TableLag`] against the applied leader index.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LagReport {
-    pub leader_index: u64,
-    pub applied_leader_index: u64,
+    pub leader_index: LeaderIndex,
+    pub applied_leader_index: LeaderIndex,
     pub lag_entries: u64,
     /// How stale this replica may be: the time since it was first seen behind, or, when the
     /// leader cluster has been silent for longer than the grace, the time since it last
@@ -135,14 +138,15 @@ pub struct LagReport {
 
 impl TableLag {
     /// The leader reported its index.
-    pub fn observe_leader(&self, leader_index: u64, applied: u64) {
-        self.leader_index.fetch_max(leader_index, Ordering::Relaxed);
+    pub fn observe_leader(&self, leader_index: LeaderIndex, applied: LeaderIndex) {
+        self.leader_index
+            .fetch_max(leader_index.get(), Ordering::Relaxed);
         self.observe_applied(applied);
     }
 
     /// This replica applied up to `applied`.
-    pub fn observe_applied(&self, applied: u64) {
-        let behind = applied < self.leader_index.load(Ordering::Relaxed);
+    pub fn observe_applied(&self, applied: LeaderIndex) {
+        let behind = applied < self.reported();
         if let Ok(mut since) = self.behind_since.lock() {
             match (behind, since.is_some()) {
                 (true, false) => *since = Some(Instant::now()),
@@ -150,6 +154,11 @@ impl TableLag {
                 _ => {}
             }
         }
+    }
+
+    /// The leader's index as last reported (0: none yet).
+    fn reported(&self) -> LeaderIndex {
+        LeaderIndex(self.leader_index.load(Ordering::Relaxed))
     }
 
     pub fn count_recovery(&self) {
@@ -165,9 +174,9 @@ impl TableLag {
     }
 
     /// Progress at `applied`; silence longer than `grace` counts as lag.
-    pub fn report(&self, applied: u64, grace: Duration) -> LagReport {
+    pub fn report(&self, applied: LeaderIndex, grace: Duration) -> LagReport {
         self.observe_applied(applied);
-        let leader_index = self.leader_index.load(Ordering::Relaxed).max(applied);
+        let leader_index = self.reported().max(applied);
         let behind_seconds = self
             .behind_since
             .lock()
@@ -178,7 +187,7 @@ impl TableLag {
         LagReport {
             leader_index,
             applied_leader_index: applied,
-            lag_entries: leader_index - applied,
+            lag_entries: leader_index.get() - applied.get(),
             lag_seconds: behind_seconds.max(silence_seconds(contact.seconds_since_contact, grace)),
             recoveries: self.recoveries.load(Ordering::Relaxed),
             seconds_since_contact: contact.seconds_since_contact,
@@ -201,12 +210,12 @@ pub fn describe_lag(name: &str, report: &LagReport) -> String {
 }
 
 /// The leader index a follower replica has applied (0 before its first bootstrap).
-pub fn applied_leader_index(table: &armada_table::Table) -> u64 {
+pub fn applied_leader_index(table: &armada_table::Table) -> LeaderIndex {
     table
         .applied_position()
         .ok()
         .and_then(|position| position.leader_index)
-        .map_or(0, |index| index.get())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -219,38 +228,41 @@ mod tests {
     #[test]
     fn lag_counts_entries_and_time_behind() {
         let lag = TableLag::default();
-        let fresh = lag.report(0, NO_GRACE_USED);
-        assert_eq!((fresh.leader_index, fresh.lag_entries), (0, 0));
+        let fresh = lag.report(LeaderIndex(0), NO_GRACE_USED);
+        assert_eq!((fresh.leader_index, fresh.lag_entries), (LeaderIndex(0), 0));
         assert_eq!(fresh.lag_seconds, 0.0);
-        lag.observe_leader(10, 4);
-        let report = lag.report(4, NO_GRACE_USED);
-        assert_eq!(report.leader_index, 10);
+        lag.observe_leader(LeaderIndex(10), LeaderIndex(4));
+        let report = lag.report(LeaderIndex(4), NO_GRACE_USED);
+        assert_eq!(report.leader_index, LeaderIndex(10));
         assert_eq!(report.lag_entries, 6);
         std::thread::sleep(Duration::from_millis(5));
-        assert!(lag.report(4, NO_GRACE_USED).lag_seconds > 0.0);
-        let caught_up = lag.report(10, NO_GRACE_USED);
+        assert!(lag.report(LeaderIndex(4), NO_GRACE_USED).lag_seconds > 0.0);
+        let caught_up = lag.report(LeaderIndex(10), NO_GRACE_USED);
         assert_eq!(caught_up.lag_entries, 0);
         assert_eq!(caught_up.lag_seconds, 0.0);
         // A replica ahead of a stale leader report is not behind.
-        assert_eq!(lag.report(12, NO_GRACE_USED).lag_entries, 0);
+        assert_eq!(lag.report(LeaderIndex(12), NO_GRACE_USED).lag_entries, 0);
         lag.count_recovery();
-        assert_eq!(lag.report(12, NO_GRACE_USED).recoveries, 1);
+        assert_eq!(lag.report(LeaderIndex(12), NO_GRACE_USED).recoveries, 1);
         lag.reset();
-        assert_eq!(lag.report(0, NO_GRACE_USED).leader_index, 0);
+        assert_eq!(
+            lag.report(LeaderIndex(0), NO_GRACE_USED).leader_index,
+            LeaderIndex(0)
+        );
     }
 
     #[test]
     fn silence_from_the_leader_counts_as_lag_past_the_grace() {
         let lag = TableLag::default();
-        lag.observe_leader(10, 10);
+        lag.observe_leader(LeaderIndex(10), LeaderIndex(10));
         lag.contact.heard();
         std::thread::sleep(Duration::from_millis(20));
         // Caught up as of the last answer and within the grace: current.
-        let current = lag.report(10, NO_GRACE_USED);
+        let current = lag.report(LeaderIndex(10), NO_GRACE_USED);
         assert_eq!(current.lag_seconds, 0.0);
         assert!(current.seconds_since_contact >= 0.02, "{current:?}");
         // Past the grace, the replica is as old as the last answer, though nothing newer is known.
-        let silent = lag.report(10, Duration::from_millis(10));
+        let silent = lag.report(LeaderIndex(10), Duration::from_millis(10));
         assert_eq!(silent.lag_entries, 0);
         assert!(silent.lag_seconds >= 0.02, "{silent:?}");
         assert_eq!(silent.lag_seconds, silent.seconds_since_contact);

@@ -2,10 +2,11 @@
 //! replication address (`replication.leader-address`), the replication token and client
 //! certificate on every call, and the address in use, which moves on after a failure.
 //!
-//! Invariant: every call of the follower side goes to [`LeaderCluster::channel`], so a
-//! rotation after `Unavailable` applies to the next call of any kind (log, snapshot, table
-//! list, forwarded write). Failures are described for people by [`describe_failure`], with the
-//! causes tonic hides behind "transport error".
+//! Invariant: every call of the follower side takes the channel in use, so a rotation after
+//! `Unavailable` applies to the next call of any kind (log, snapshot, table list, forwarded
+//! write). Streams open through [`LeaderCluster::open_stream`], the one place that turns a
+//! refusal into a [`ReplicationError`] (with the causes tonic hides behind "transport error")
+//! and rotates.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -19,10 +20,15 @@ use armada_proto::replication::v1::snapshot_client::SnapshotClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use super::error::ReplicationError;
 use crate::config::ReplicationConfig;
 
 /// A channel to one address of the leader cluster, with the replication token on every call.
 pub type LeaderClusterChannel = InterceptedService<Channel, CallDecorator>;
+
+/// How long the opening of a stream (and then each of its messages) may take before the link
+/// counts as dead: the leader cluster sends a heartbeat about every second.
+pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Largest message accepted from the leader cluster (a Replicate batch may exceed 4 MiB
 /// somewhat).
@@ -115,45 +121,23 @@ impl LeaderCluster {
     pub fn kv_client(&self) -> KvClient<LeaderClusterChannel> {
         KvClient::new(self.channel()).max_decoding_message_size(MAX_RECEIVE_BYTES)
     }
-}
 
-/// A failed call to the leader cluster for people: the call, the status code (the cause an
-/// operator acts on: `Unavailable`, `Unauthenticated`, …) and the message with its causes.
-pub(crate) fn describe_failure(call: &str, status: &tonic::Status) -> String {
-    format!("{call}: {:?}: {}", status.code(), describe_status(status))
-}
-
-/// A status from the leader cluster with its causes: for a refused TLS handshake or a refused
-/// connection, tonic's message alone is only "operation was canceled" or "transport error".
-pub(crate) fn describe_status(status: &tonic::Status) -> String {
-    use std::error::Error;
-    let mut text = status.message().to_string();
-    let mut cause = status.source();
-    while let Some(error) = cause {
-        let next = error.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        cause = error.source();
-    }
-    text
-}
-
-#[cfg(test)]
-mod status_tests {
-    #[test]
-    fn causes_are_appended_once() {
-        let io = std::io::Error::other("invalid peer certificate: UnknownIssuer");
-        let mut status = tonic::Status::unavailable("operation was canceled");
-        status.set_source(std::sync::Arc::new(io));
-        assert_eq!(
-            super::describe_status(&status),
-            "operation was canceled: invalid peer certificate: UnknownIssuer"
-        );
-        assert_eq!(
-            super::describe_status(&tonic::Status::unavailable("plain")),
-            "plain"
-        );
+    /// Opens a server stream (`call` names it in errors) within [`STREAM_IDLE_TIMEOUT`];
+    /// after `Unavailable`, the next call goes to the next address.
+    pub async fn open_stream<T>(
+        &self,
+        call: &'static str,
+        opening: impl Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
+    ) -> Result<tonic::Streaming<T>, ReplicationError> {
+        let answer = tokio::time::timeout(STREAM_IDLE_TIMEOUT, opening)
+            .await
+            .map_err(|_| ReplicationError::NoAnswer(call))?;
+        answer.map(tonic::Response::into_inner).map_err(|status| {
+            let error = ReplicationError::call(call, &status);
+            if error.rotates() {
+                self.rotate();
+            }
+            error
+        })
     }
 }

@@ -1,4 +1,4 @@
-//! Mirroring the leader's table set. Two sources feed the same step ([`apply_tables`]):
+//! Mirroring the leader's table set. Two sources feed the same step (`apply_tables`):
 //!
 //! * **The feed** ([`follow_feed`]): Armada leaders stream the table list over
 //!   `armada.v1.MetadataFeed.Watch` at once, on every table change and as a keep-alive every
@@ -23,10 +23,11 @@ use std::time::{Duration, Instant};
 
 use armada_proto::armada::v1::MetadataWatchRequest;
 use armada_proto::replication::v1::{MetadataRequest, MetadataResponse};
+use armada_storage::LeaderIndex;
 
+use super::error::describe_failure;
 use super::host::FollowerHost;
 use super::lag::{CONTACT_GRACE, applied_leader_index};
-use super::leader_cluster::describe_failure;
 use super::state::{Follower, record_metrics};
 
 /// Deadline of one `Metadata.Get`.
@@ -181,8 +182,9 @@ async fn apply_tables(
         if table.leader_index > 0 {
             let applied = groups
                 .get(&table.name)
-                .map_or(0, |group| applied_leader_index(&group.table));
-            lag.observe_leader(table.leader_index, applied);
+                .map(|group| applied_leader_index(&group.table))
+                .unwrap_or_default();
+            lag.observe_leader(LeaderIndex(table.leader_index), applied);
         }
     }
     if let Ok(mut tables) = follower.leader_tables.lock() {

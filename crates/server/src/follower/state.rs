@@ -148,7 +148,7 @@ impl Follower {
             .filter(|name| {
                 groups
                     .get(*name)
-                    .is_none_or(|group| applied_leader_index(&group.table) == 0)
+                    .is_none_or(|group| applied_leader_index(&group.table).get() == 0)
             })
             .map(String::as_str)
             .collect();
@@ -214,9 +214,9 @@ impl Follower {
 pub fn record_metrics(follower: &Follower) {
     for (name, report) in follower.lag_reports() {
         metrics::gauge!("armada_replication_leader_index", "table" => name.clone())
-            .set(report.leader_index as f64);
+            .set(report.leader_index.get() as f64);
         metrics::gauge!("armada_replication_follower_index", "table" => name.clone())
-            .set(report.applied_leader_index as f64);
+            .set(report.applied_leader_index.get() as f64);
         metrics::gauge!("armada_replication_lag_entries", "table" => name.clone())
             .set(report.lag_entries as f64);
         metrics::gauge!("armada_replication_lag_seconds", "table" => name.clone())
