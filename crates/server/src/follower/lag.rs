@@ -252,7 +252,7 @@ mod tests {
     }
 
     #[test]
-    fn silence_from_the_leader_counts_as_lag_past_the_grace() {
+    fn silence_from_the_leader_cluster_counts_as_lag_past_the_grace() {
         let lag = TableLag::default();
         lag.observe_leader(LeaderIndex(10), LeaderIndex(10));
         lag.contact.heard();

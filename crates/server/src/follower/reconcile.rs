@@ -56,7 +56,7 @@ pub async fn run(follower: Arc<Follower>) {
                     failures += 1;
                     // Say it once, then only now and then while the leader stays unreachable.
                     if failures == 1 || failures.is_multiple_of(60) {
-                        tracing::warn!(%error, leader = follower.leader_cluster_address(), "reconciling tables with the leader cluster failed");
+                        tracing::warn!(%error, leader_cluster = follower.leader_cluster_address(), "reconciling tables with the leader cluster failed");
                     }
                 }
             }
@@ -105,7 +105,7 @@ pub async fn follow_feed(follower: Arc<Follower>) {
         let pause = match ended {
             FeedEnd::Unsupported => {
                 tracing::info!(
-                    leader = follower.leader_cluster_address(),
+                    leader_cluster = follower.leader_cluster_address(),
                     "the leader cluster has no MetadataFeed: polling Metadata.Get instead"
                 );
                 FEED_RETRY_UNSUPPORTED
@@ -187,7 +187,7 @@ async fn apply_tables(
             lag.observe_leader(LeaderIndex(table.leader_index), applied);
         }
     }
-    if let Ok(mut tables) = follower.leader_tables.lock() {
+    if let Ok(mut tables) = follower.leader_cluster_tables.lock() {
         *tables = Some(
             response
                 .tables

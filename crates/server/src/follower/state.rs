@@ -29,7 +29,7 @@ pub struct Follower {
     pub(super) recoveries: Arc<tokio::sync::Semaphore>,
     lags: Mutex<BTreeMap<String, Arc<TableLag>>>,
     /// The leader's table set as of the last successful `Metadata.Get`: name → leader id.
-    pub(super) leader_tables: Mutex<Option<BTreeMap<String, String>>>,
+    pub(super) leader_cluster_tables: Mutex<Option<BTreeMap<String, String>>>,
     /// The last answer of any kind from the leader cluster, and the last failure.
     pub contact: Contact,
     /// The last table list received over `MetadataFeed.Watch` (None: the feed is not in use).
@@ -54,7 +54,7 @@ impl Follower {
                 config.max_recovery_in_flight.max(1) as usize,
             )),
             lags: Mutex::new(BTreeMap::new()),
-            leader_tables: Mutex::new(None),
+            leader_cluster_tables: Mutex::new(None),
             contact: Contact::default(),
             feed_heard_at: Mutex::new(None),
             bootstrapped_once: AtomicBool::new(false),
@@ -161,8 +161,12 @@ impl Follower {
 
     /// The tables this node must have bootstrapped to be ready (see [`Follower::bootstrapped`]).
     fn expected_tables(&self, host: &dyn FollowerHost) -> Result<Vec<String>, String> {
-        let leader_tables = self.leader_tables.lock().ok().and_then(|t| t.clone());
-        match leader_tables {
+        let leader_cluster_tables = self
+            .leader_cluster_tables
+            .lock()
+            .ok()
+            .and_then(|t| t.clone());
+        match leader_cluster_tables {
             Some(tables) => Ok(tables.into_keys().collect()),
             None if !host.catalog_state().tables.is_empty() => {
                 Ok(host.catalog_state().tables.keys().cloned().collect())
