@@ -19,6 +19,9 @@ pub enum ReplicationError {
     /// The leader cluster did not answer the opening of a stream in time.
     #[error("{0}: no answer")]
     NoAnswer(&'static str),
+    /// The leader cluster did not answer a call in time.
+    #[error("{0}: no answer in time")]
+    NoAnswerInTime(&'static str),
     /// An open stream delivered nothing, not even a heartbeat, for too long.
     #[error("{0} went silent")]
     Silent(&'static str),
@@ -47,12 +50,21 @@ pub enum ReplicationError {
     },
     #[error("installing the leader's snapshot: {0}")]
     Install(ApiError),
+    /// Mirroring the leader cluster's table set in the local catalog failed.
+    #[error("{action} table {table}: {error}")]
+    Catalog {
+        action: &'static str,
+        table: String,
+        error: ApiError,
+    },
     #[error("shutting down")]
     ShuttingDown,
 }
 
 impl ReplicationError {
-    /// A failed `call` to the leader cluster, with the causes tonic's message hides.
+    /// A failed `call` to the leader cluster for people: the call, the status code (the cause
+    /// an operator acts on: `Unavailable`, `Unauthenticated`, …) and the message with the
+    /// causes tonic's message hides.
     pub fn call(call: &'static str, status: &tonic::Status) -> Self {
         ReplicationError::Call {
             call,
@@ -74,15 +86,9 @@ impl ReplicationError {
     }
 }
 
-/// A failed call to the leader cluster for people: the call, the status code (the cause an
-/// operator acts on: `Unavailable`, `Unauthenticated`, …) and the message with its causes.
-pub(crate) fn describe_failure(call: &str, status: &tonic::Status) -> String {
-    format!("{call}: {:?}: {}", status.code(), describe_status(status))
-}
-
 /// A status from the leader cluster with its causes: for a refused TLS handshake or a refused
 /// connection, tonic's message alone is only "operation was canceled" or "transport error".
-pub(crate) fn describe_status(status: &tonic::Status) -> String {
+fn describe_status(status: &tonic::Status) -> String {
     use std::error::Error;
     let mut text = status.message().to_string();
     let mut cause = status.source();

@@ -25,11 +25,13 @@ use armada_proto::armada::v1::MetadataWatchRequest;
 use armada_proto::replication::v1::{MetadataRequest, MetadataResponse};
 use armada_storage::LeaderIndex;
 
-use super::error::describe_failure;
+use super::error::ReplicationError;
 use super::host::FollowerHost;
 use super::lag::{CONTACT_GRACE, applied_leader_index};
 use super::state::{Follower, record_metrics};
 
+/// The feed's call, as errors name it.
+const FEED: &str = "MetadataFeed.Watch";
 /// Deadline of one `Metadata.Get`.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of the catalog changes of one reconcile round.
@@ -67,7 +69,7 @@ pub async fn run(follower: Arc<Follower>) {
     }
 }
 
-async fn poll_once(follower: &Follower, host: &dyn FollowerHost) -> Result<(), String> {
+async fn poll_once(follower: &Follower, host: &dyn FollowerHost) -> Result<(), ReplicationError> {
     let mut request = tonic::Request::new(MetadataRequest {});
     request.set_timeout(METADATA_TIMEOUT);
     let mut client = follower.leader_cluster.metadata_client();
@@ -77,8 +79,8 @@ async fn poll_once(follower: &Follower, host: &dyn FollowerHost) -> Result<(), S
     match answer {
         Ok(response) => apply_tables(follower, host, response.into_inner()).await,
         Err(status) => {
-            let error = describe_failure("Metadata.Get", &status);
-            follower.contact.failed(error.clone());
+            let error = ReplicationError::call("Metadata.Get", &status);
+            follower.contact.failed(error.to_string());
             follower.leader_cluster.rotate();
             Err(error)
         }
@@ -91,7 +93,7 @@ enum FeedEnd {
     Unsupported,
     /// It ended or failed after delivering at least once.
     AfterNews,
-    Failed(String),
+    Failed(ReplicationError),
 }
 
 /// Holds `MetadataFeed.Watch` open against the leader address in use, reopening it after an
@@ -116,7 +118,7 @@ pub async fn follow_feed(follower: Arc<Follower>) {
             }
             FeedEnd::Failed(error) => {
                 tracing::debug!(%error, "the metadata feed failed");
-                follower.contact.failed(error);
+                follower.contact.failed(error.to_string());
                 backoff = (backoff * 2).min(FEED_MAX_BACKOFF);
                 backoff
             }
@@ -132,20 +134,20 @@ async fn feed_session(follower: &Follower, host: &dyn FollowerHost) -> FeedEnd {
         client.watch(tonic::Request::new(MetadataWatchRequest {})),
     );
     let mut stream = match opened.await {
-        Err(_) => return FeedEnd::Failed("MetadataFeed.Watch: no answer in time".into()),
+        Err(_) => return FeedEnd::Failed(ReplicationError::NoAnswerInTime(FEED)),
         Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
             return FeedEnd::Unsupported;
         }
-        Ok(Err(status)) => return FeedEnd::Failed(describe_failure("MetadataFeed.Watch", &status)),
+        Ok(Err(status)) => return FeedEnd::Failed(ReplicationError::call(FEED, &status)),
         Ok(Ok(response)) => response.into_inner(),
     };
     let mut delivered = false;
     loop {
         let next = match tokio::time::timeout(FEED_IDLE_TIMEOUT, stream.message()).await {
-            Err(_) => Err("MetadataFeed.Watch went silent".to_string()),
+            Err(_) => Err(ReplicationError::Silent(FEED)),
             Ok(Ok(Some(tables))) => Ok(tables),
             Ok(Ok(None)) => return FeedEnd::AfterNews,
-            Ok(Err(status)) => Err(describe_failure("MetadataFeed.Watch", &status)),
+            Ok(Err(status)) => Err(ReplicationError::call(FEED, &status)),
         };
         match next {
             Ok(tables) => {
@@ -158,7 +160,7 @@ async fn feed_session(follower: &Follower, host: &dyn FollowerHost) -> FeedEnd {
                 }
             }
             Err(error) if delivered => {
-                follower.contact.failed(error);
+                follower.contact.failed(error.to_string());
                 return FeedEnd::AfterNews;
             }
             Err(error) => return FeedEnd::Failed(error),
@@ -172,7 +174,7 @@ async fn apply_tables(
     follower: &Follower,
     host: &dyn FollowerHost,
     response: MetadataResponse,
-) -> Result<(), String> {
+) -> Result<(), ReplicationError> {
     let _one_at_a_time = follower.applying.lock().await;
     follower.heard(None);
     let groups = host.table_groups();
@@ -215,7 +217,7 @@ async fn remove_vanished(
     host: &dyn FollowerHost,
     desired: &BTreeMap<String, Option<u64>>,
     deadline: tokio::time::Instant,
-) -> Result<(), String> {
+) -> Result<(), ReplicationError> {
     let catalog = host.catalog_state();
     for (name, record) in &catalog.tables {
         let replace = match desired.get(name) {
@@ -235,7 +237,11 @@ async fn remove_vanished(
                     crate::error::ApiError::TableNotFound(_) => Ok(()),
                     error => Err(error),
                 })
-                .map_err(|error| format!("deleting table {name}: {error}"))?;
+                .map_err(|error| ReplicationError::Catalog {
+                    action: "deleting",
+                    table: name.clone(),
+                    error,
+                })?;
         }
     }
     Ok(())
@@ -245,7 +251,7 @@ async fn create_missing(
     host: &dyn FollowerHost,
     desired: &BTreeMap<String, Option<u64>>,
     deadline: tokio::time::Instant,
-) -> Result<(), String> {
+) -> Result<(), ReplicationError> {
     let catalog = host.catalog_state();
     for (name, upstream) in desired {
         if !catalog.tables.contains_key(name) {
@@ -255,7 +261,13 @@ async fn create_missing(
             );
             match host.create_table(name, *upstream, deadline).await {
                 Ok(_) | Err(crate::error::ApiError::TableExists) => {}
-                Err(error) => return Err(format!("creating table {name}: {error}")),
+                Err(error) => {
+                    return Err(ReplicationError::Catalog {
+                        action: "creating",
+                        table: name.clone(),
+                        error,
+                    });
+                }
             }
         }
     }
