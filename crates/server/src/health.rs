@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::follower::Follower;
 use crate::node::Node;
 
 /// How often readiness is re-checked: a change shows in the health status within this.
@@ -33,17 +34,17 @@ pub const API_SERVICES: [&str; 4] = [
 /// have a Raft leader) and, on a follower cluster, every table of the leader cluster has been
 /// bootstrapped here once (SPEC §7, `/readyz`): a follower cut off from the leader cluster
 /// stays serving, its staleness is for metrics and alerts.
-pub fn serves_reads(node: &Node) -> bool {
-    why_not_ready(node).is_none()
+pub fn serves_reads(node: &Node, follower: Option<&Follower>) -> bool {
+    why_not_ready(node, follower).is_none()
 }
 
 /// Why this node cannot serve reads yet (`None`: it can); the one readiness rule of `/readyz`
 /// and of the gRPC health service.
-pub fn why_not_ready(node: &Node) -> Option<String> {
+pub fn why_not_ready(node: &Node, follower: Option<&Follower>) -> Option<String> {
     if !node.is_ready() {
         return Some("the node has not joined its cluster (no Raft leader yet)".into());
     }
-    node.follower()?.bootstrapped().err()
+    follower?.bootstrapped().err()
 }
 
 /// The health service to mount and its reporter, every name NOT_SERVING (tonic-health starts
@@ -68,6 +69,7 @@ async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
 /// NOT_SERVING. Returns once it has.
 pub async fn follow_readiness(
     node: Arc<Node>,
+    follower: Option<Arc<Follower>>,
     reporter: HealthReporter,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -76,7 +78,7 @@ pub async fn follow_readiness(
         if *stop.borrow() {
             break;
         }
-        let ready = serves_reads(&node);
+        let ready = serves_reads(&node, follower.as_deref());
         if ready != serving {
             let status = match ready {
                 true => ServingStatus::Serving,

@@ -19,26 +19,37 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use openraft::async_runtime::WatchReceiver;
 
+use crate::follower::Follower;
 use crate::node::Node;
 
 #[derive(Clone)]
 struct RestState {
     node: Arc<Node>,
+    /// On a follower cluster: the replication machinery (staleness, lag gauges).
+    follower: Option<Arc<Follower>>,
     metrics: PrometheusHandle,
 }
 
-pub fn router(node: Arc<Node>, metrics: PrometheusHandle) -> Router {
+pub fn router(
+    node: Arc<Node>,
+    follower: Option<Arc<Follower>>,
+    metrics: PrometheusHandle,
+) -> Router {
     Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { StatusCode::OK }))
         .route("/readyz", get(ready))
         .fallback(|| async { StatusCode::NOT_FOUND })
-        .with_state(RestState { node, metrics })
+        .with_state(RestState {
+            node,
+            follower,
+            metrics,
+        })
 }
 
 async fn render_metrics(State(state): State<RestState>) -> String {
     record_node_gauges(&state.node);
-    if let Some(follower) = state.node.follower() {
+    if let Some(follower) = &state.follower {
         crate::follower::record_metrics(follower);
     }
     state.metrics.render()
@@ -70,13 +81,13 @@ async fn ready(State(state): State<RestState>, RawQuery(query): RawQuery) -> (St
         Ok(bound) => bound,
         Err(message) => return (StatusCode::BAD_REQUEST, format!("{message}\n")),
     };
-    if let Some(reason) = crate::health::why_not_ready(&state.node) {
+    if let Some(reason) = crate::health::why_not_ready(&state.node, state.follower.as_deref()) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {reason}\n"),
         );
     }
-    let Some(follower) = state.node.follower() else {
+    let Some(follower) = &state.follower else {
         return (StatusCode::OK, "ready\n".into());
     };
     let stale = follower.staleness(bound);

@@ -33,6 +33,7 @@ use tonic_reflection::server as reflection;
 use crate::address::ListenAddress;
 use crate::api;
 use crate::config::ServerConfig;
+use crate::follower::{Follower, FollowerHost};
 use crate::listener::Listener;
 use crate::node::Node;
 
@@ -65,12 +66,12 @@ pub async fn run(
         .map(|tls| tls.server_config())
         .transpose()?;
     let _ = std::fs::remove_file(config.data_dir.join(LISTEN_FILE));
-    let node = start_node(&config).await?;
+    let (node, follower) = start_node(&config).await?;
     let listeners = Listeners::bind(&config, api_tls, replication_tls).await?;
     node.set_api_bound(&listeners.api.url());
     let bound = listeners.bound()?;
     log_serving(&config, &bound);
-    let servers = Servers::start(&node, listeners, metrics).await?;
+    let servers = Servers::start(&node, follower, listeners, metrics).await?;
     write_listen_file(&config, &bound)?;
     on_ready(&bound);
     shutdown.await;
@@ -80,17 +81,25 @@ pub async fn run(
     Ok(())
 }
 
-/// Starts the node, waits for its catalog group to elect a Raft leader and, on a leader cluster,
+/// Starts the node (and, on a follower cluster, its replication machinery, which the services
+/// are handed), waits for its catalog group to elect a Raft leader and, on a leader cluster,
 /// creates the tables `tables.names` lists.
-async fn start_node(config: &ServerConfig) -> anyhow::Result<Arc<Node>> {
+async fn start_node(config: &ServerConfig) -> anyhow::Result<(Arc<Node>, Option<Arc<Follower>>)> {
     let node = Node::start(config.clone()).await?;
+    let follower = match config.is_follower() {
+        true => {
+            let host: Arc<dyn FollowerHost> = node.clone();
+            Some(crate::follower::start(&host, &config.replication)?)
+        }
+        false => None,
+    };
     if !node.wait_ready(Duration::from_secs(30)).await {
         anyhow::bail!("the catalog group elected no leader within 30 s");
     }
     if !config.is_follower() {
         create_initial_tables(&node).await?;
     }
-    Ok(node)
+    Ok((node, follower))
 }
 
 /// The sockets a node serves on, bound before anything is served on them.
@@ -160,6 +169,7 @@ fn log_serving(config: &ServerConfig, bound: &BoundAddresses) {
 /// The client API on the API port: KV, Tables, Cluster, Maintenance, health and reflection.
 fn api_server(
     node: &Arc<Node>,
+    follower: &Option<Arc<Follower>>,
     health_service: HealthServer<impl Health>,
 ) -> anyhow::Result<Router> {
     let reflection = reflection_services()?;
@@ -169,15 +179,16 @@ fn api_server(
         .add_service(reflection.1)
         .add_service(compressed(KvServer::new(api::kv::KvService::new(
             node.clone(),
+            follower.clone(),
         ))))
         .add_service(compressed(TablesServer::new(
-            api::tables::TablesService::new(node.clone()),
+            api::tables::TablesService::new(node.clone(), follower.clone()),
         )))
         .add_service(compressed(ClusterServer::new(
-            api::cluster::ClusterService::new(node.clone()),
+            api::cluster::ClusterService::new(node.clone(), follower.clone()),
         )))
         .add_service(compressed(MaintenanceServer::new(
-            api::maintenance::MaintenanceService::new(node.clone()),
+            api::maintenance::MaintenanceService::new(node.clone(), follower.clone()),
         ))))
 }
 
@@ -202,7 +213,8 @@ fn replication_server(node: &Arc<Node>, stop: watch::Receiver<bool>) -> Router {
         // As in Regatta, follower clusters forward writes to this KV; here it is guarded by
         // the replication token (the API port's KV is not).
         .add_service(InterceptedService::new(
-            compressed(KvServer::new(api::kv::KvService::new(node.clone()))),
+            // No follower: only leader-cluster nodes serve the replication port.
+            compressed(KvServer::new(api::kv::KvService::new(node.clone(), None))),
             replication_token_check(&node.config().replication.token),
         ))
 }
@@ -223,19 +235,20 @@ impl Servers {
     /// Serves every API of `node` on its listener, reporting NOT_SERVING until the node is ready.
     async fn start(
         node: &Arc<Node>,
+        follower: Option<Arc<Follower>>,
         listeners: Listeners,
         metrics: PrometheusHandle,
     ) -> anyhow::Result<Servers> {
         let (stop, stopped) = watch::channel(false);
         let (health_reporter, health_service) = crate::health::not_serving().await;
-        let api = api_server(node, health_service)?;
+        let api = api_server(node, &follower, health_service)?;
         let replication = replication_server(node, stopped.clone());
         let api_task = tokio::spawn(listeners.api.serve(api, wait_for(stopped.clone())));
         let replication_task = match listeners.replication {
             Some(listener) => tokio::spawn(listener.serve(replication, wait_for(stopped.clone()))),
             None => tokio::spawn(async { Ok(()) }),
         };
-        let rest_router = crate::rest::router(node.clone(), metrics);
+        let rest_router = crate::rest::router(node.clone(), follower.clone(), metrics);
         let rest_stop = wait_for(stopped);
         let rest_listener = listeners.rest;
         let rest_task = tokio::spawn(async move {
@@ -247,6 +260,7 @@ impl Servers {
         let (health_stop, health_stopped) = watch::channel(false);
         let health_task = tokio::spawn(crate::health::follow_readiness(
             node.clone(),
+            follower,
             health_reporter.clone(),
             health_stopped,
         ));

@@ -16,32 +16,36 @@ use armada_proto::regatta::v1::{
 use tonic::{Request, Response, Status};
 
 use super::metered;
+use armada_storage::LeaderIndex;
+
 use crate::error::ApiError;
-use crate::follower::LagReport;
+use crate::follower::{Follower, LagReport};
 use crate::node::{Node, TableGroup};
 
 const SERVICE: &str = "regatta.v1.Cluster";
 
 pub struct ClusterService {
     node: Arc<Node>,
+    /// On a follower cluster: the replication machinery (forwarding, lag, Reset).
+    follower: Option<Arc<Follower>>,
 }
 
 impl ClusterService {
-    pub fn new(node: Arc<Node>) -> Self {
-        ClusterService { node }
+    pub fn new(node: Arc<Node>, follower: Option<Arc<Follower>>) -> Self {
+        ClusterService { node, follower }
     }
 
     /// On a follower: the seconds since the leader cluster last answered this node, and the
     /// cause of the current failure (in `errors`); 0 on the leader cluster.
     fn leader_contact(&self, errors: &mut Vec<String>) -> f64 {
-        let Some(follower) = self.node.follower() else {
+        let Some(follower) = &self.follower else {
             return 0.0;
         };
         let contact = follower.contact.report();
         if let Some(error) = contact.error {
             errors.push(format!(
                 "replication: the leader cluster {} last answered {:.1} s ago: {error}",
-                follower.leader_address(),
+                follower.leader_cluster_address(),
                 contact.seconds_since_contact
             ));
         }
@@ -49,8 +53,8 @@ impl ClusterService {
     }
 
     /// On a follower: the table's replication progress, and its failure (in `errors`).
-    fn table_lag(&self, name: &str, applied: u64, errors: &mut Vec<String>) -> LagReport {
-        let Some(follower) = self.node.follower() else {
+    fn table_lag(&self, name: &str, applied: LeaderIndex, errors: &mut Vec<String>) -> LagReport {
+        let Some(follower) = &self.follower else {
             return LagReport::default();
         };
         let lag = follower
@@ -80,7 +84,7 @@ impl ClusterService {
             }
         };
         let position = view.position();
-        let applied_leader_index = position.leader_index.map_or(0, |index| index.get());
+        let applied_leader_index = position.leader_index.unwrap_or_default();
         let lag = self.table_lag(name, applied_leader_index, errors);
         TableStatus {
             log_size: i64::try_from(self.node.log_engine().group_log_bytes(group.id))
@@ -104,8 +108,8 @@ impl ClusterService {
                 .first_index()
                 .unwrap_or_default()
                 .unwrap_or(0),
-            replication_leader_index: lag.leader_index,
-            replication_applied_index: lag.applied_leader_index,
+            replication_leader_index: lag.leader_index.get(),
+            replication_applied_index: lag.applied_leader_index.get(),
             replication_lag_entries: lag.lag_entries,
             replication_lag_seconds: lag.lag_seconds,
             replication_snapshot_recoveries: lag.recoveries,

@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 
 use super::{convert, deadline, header, metered, validate};
 use crate::error::ApiError;
+use crate::follower::Follower;
 use crate::groups::types::{self, Response as RaftResponse};
 use crate::node::{GroupHandle, Node, TableGroup};
 
@@ -28,11 +29,13 @@ const SERVICE: &str = "regatta.v1.KV";
 
 pub struct KvService {
     node: Arc<Node>,
+    /// On a follower cluster: the replication machinery (forwarding, lag, Reset).
+    follower: Option<Arc<Follower>>,
 }
 
 impl KvService {
-    pub fn new(node: Arc<Node>) -> Self {
-        KvService { node }
+    pub fn new(node: Arc<Node>, follower: Option<Arc<Follower>>) -> Self {
+        KvService { node, follower }
     }
 
     /// A view of the table that reflects every write acknowledged before the call when
@@ -95,8 +98,8 @@ impl KvService {
     async fn put_inner(&self, request: Request<PutRequest>) -> Result<PutResponse, ApiError> {
         let deadline = deadline(&request);
         let request = request.into_inner();
-        if let Some(follower) = self.node.follower() {
-            return follower.forward_put(request, deadline).await;
+        if let Some(follower) = self.follower.as_ref() {
+            return follower.forward(request, deadline).await;
         }
         let table = validate::table(&request.table)?;
         validate::key("key", &request.key)?;
@@ -123,8 +126,8 @@ impl KvService {
     ) -> Result<DeleteRangeResponse, ApiError> {
         let deadline = deadline(&request);
         let request = request.into_inner();
-        if let Some(follower) = self.node.follower() {
-            return follower.forward_delete_range(request, deadline).await;
+        if let Some(follower) = self.follower.as_ref() {
+            return follower.forward(request, deadline).await;
         }
         let table = validate::table(&request.table)?;
         validate::key("key", &request.key)?;
@@ -151,14 +154,14 @@ impl KvService {
         let deadline = deadline(&request);
         let request = request.into_inner();
         // A follower serves read-only transactions itself and forwards the others.
-        if let Some(follower) = self.node.follower()
+        if let Some(follower) = self.follower.as_ref()
             && !request
                 .success
                 .iter()
                 .chain(&request.failure)
                 .all(|op| matches!(op.request, Some(pb::request_op::Request::RequestRange(_))))
         {
-            return follower.forward_txn(request, deadline).await;
+            return follower.forward(request, deadline).await;
         }
         validate::txn(&request)?;
         let group = self.node.table(&validate::table(&request.table)?).await?;

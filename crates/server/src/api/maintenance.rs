@@ -46,6 +46,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::replication::ChunkWriter;
 use super::{check_token, metered, validate};
 use crate::error::ApiError;
+use crate::follower::Follower;
 use crate::node::Node;
 
 const SERVICE: &str = "maintenance.v1.Maintenance";
@@ -69,13 +70,16 @@ pub type BackupStream = Pin<Box<dyn Stream<Item = Result<SnapshotChunk, Status>>
 
 pub struct MaintenanceService {
     node: Arc<Node>,
+    /// On a follower cluster: the replication machinery (forwarding, lag, Reset).
+    follower: Option<Arc<Follower>>,
     restores: Arc<Semaphore>,
 }
 
 impl MaintenanceService {
-    pub fn new(node: Arc<Node>) -> Self {
+    pub fn new(node: Arc<Node>, follower: Option<Arc<Follower>>) -> Self {
         MaintenanceService {
             node,
+            follower,
             restores: Arc::new(Semaphore::new(MAX_CONCURRENT_RESTORES)),
         }
     }
@@ -98,7 +102,7 @@ impl MaintenanceService {
     async fn reset_inner(&self, request: Request<ResetRequest>) -> Result<ResetResponse, ApiError> {
         check_token(&request, self.token())?;
         let deadline = maintenance_deadline(&request);
-        let Some(follower) = self.node.follower() else {
+        let Some(follower) = &self.follower else {
             return Err(ApiError::Unimplemented(
                 "Reset is served by follower clusters; this node belongs to the leader cluster"
                     .into(),

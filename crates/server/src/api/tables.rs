@@ -12,17 +12,20 @@ use tonic::{Request, Response, Status};
 
 use super::{check_token, deadline, metered, validate};
 use crate::error::ApiError;
+use crate::follower::Follower;
 use crate::node::Node;
 
 const SERVICE: &str = "regatta.v1.Tables";
 
 pub struct TablesService {
     node: Arc<Node>,
+    /// On a follower cluster: the replication machinery (forwarding, lag, Reset).
+    follower: Option<Arc<Follower>>,
 }
 
 impl TablesService {
-    pub fn new(node: Arc<Node>) -> Self {
-        TablesService { node }
+    pub fn new(node: Arc<Node>, follower: Option<Arc<Follower>>) -> Self {
+        TablesService { node, follower }
     }
 
     fn token(&self) -> &str {
@@ -31,11 +34,11 @@ impl TablesService {
 
     /// Tables are created and deleted on the leader cluster only.
     fn refuse_on_follower(&self, method: &str) -> Result<(), ApiError> {
-        match self.node.follower() {
+        match &self.follower {
             None => Ok(()),
             Some(follower) => Err(ApiError::Unimplemented(format!(
                 "method {method} is not implemented for a follower cluster: tables are created and deleted on the leader cluster ({})",
-                follower.leader_addresses().join(", ")
+                follower.leader_cluster_addresses().join(", ")
             ))),
         }
     }

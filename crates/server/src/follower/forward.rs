@@ -12,14 +12,18 @@ use armada_proto::regatta::v1::{
     TxnResponse,
 };
 
-use super::{Follower, LeaderChannel, applied_leader_index};
+use armada_storage::Revision;
+
+use super::lag::applied_leader_index;
+use super::leader_cluster::LeaderClusterChannel;
+use super::state::Follower;
 use crate::error::ApiError;
 use armada_proto::regatta::v1::kv_client::KvClient;
 
 /// Pause between looks for a table that the leader has but this node does not serve yet.
 const TABLE_APPEAR_PAUSE: Duration = Duration::from_millis(50);
 
-fn leader_error(status: tonic::Status) -> ApiError {
+fn leader_cluster_error(status: tonic::Status) -> ApiError {
     ApiError::Leader {
         code: status.code(),
         message: format!(
@@ -37,91 +41,127 @@ fn with_deadline<T>(message: T, deadline: tokio::time::Instant) -> tonic::Reques
     request
 }
 
+/// A write that a follower forwards to the leader cluster's KV service: Put, DeleteRange, or
+/// a Txn that writes.
+pub trait ForwardedWrite: Sized + Send + 'static {
+    type Response: Send;
+
+    /// The table written (its replica here is waited for).
+    fn table(&self) -> &[u8];
+
+    /// The leader cluster's call.
+    fn send(
+        self,
+        kv: KvClient<LeaderClusterChannel>,
+        deadline: tokio::time::Instant,
+    ) -> impl Future<Output = Result<tonic::Response<Self::Response>, tonic::Status>> + Send;
+
+    /// The revision of the write (0: it wrote nothing, as a Txn whose branch had no writes).
+    fn revision(response: &Self::Response) -> Revision;
+}
+
+/// The revision a response header carries.
+fn header_revision(header: Option<&ResponseHeader>) -> Revision {
+    Revision(header.map_or(0, |header| header.revision))
+}
+
+impl ForwardedWrite for PutRequest {
+    type Response = PutResponse;
+
+    fn table(&self) -> &[u8] {
+        &self.table
+    }
+
+    async fn send(
+        self,
+        mut kv: KvClient<LeaderClusterChannel>,
+        deadline: tokio::time::Instant,
+    ) -> Result<tonic::Response<PutResponse>, tonic::Status> {
+        kv.put(with_deadline(self, deadline)).await
+    }
+
+    fn revision(response: &PutResponse) -> Revision {
+        header_revision(response.header.as_ref())
+    }
+}
+
+impl ForwardedWrite for DeleteRangeRequest {
+    type Response = DeleteRangeResponse;
+
+    fn table(&self) -> &[u8] {
+        &self.table
+    }
+
+    async fn send(
+        self,
+        mut kv: KvClient<LeaderClusterChannel>,
+        deadline: tokio::time::Instant,
+    ) -> Result<tonic::Response<DeleteRangeResponse>, tonic::Status> {
+        kv.delete_range(with_deadline(self, deadline)).await
+    }
+
+    fn revision(response: &DeleteRangeResponse) -> Revision {
+        header_revision(response.header.as_ref())
+    }
+}
+
+impl ForwardedWrite for TxnRequest {
+    type Response = TxnResponse;
+
+    fn table(&self) -> &[u8] {
+        &self.table
+    }
+
+    async fn send(
+        self,
+        mut kv: KvClient<LeaderClusterChannel>,
+        deadline: tokio::time::Instant,
+    ) -> Result<tonic::Response<TxnResponse>, tonic::Status> {
+        kv.txn(with_deadline(self, deadline)).await
+    }
+
+    fn revision(response: &TxnResponse) -> Revision {
+        header_revision(response.header.as_ref())
+    }
+}
+
 impl Follower {
-    pub async fn forward_put(
-        &self,
-        request: PutRequest,
-        deadline: tokio::time::Instant,
-    ) -> Result<PutResponse, ApiError> {
-        let table = request.table.clone();
-        let response = self
-            .call_leader(deadline, |mut kv| async move {
-                kv.put(with_deadline(request, deadline)).await
-            })
-            .await?;
-        self.wait_applied(&table, response.header.as_ref(), deadline)
-            .await?;
-        Ok(response)
-    }
-
-    pub async fn forward_delete_range(
-        &self,
-        request: DeleteRangeRequest,
-        deadline: tokio::time::Instant,
-    ) -> Result<DeleteRangeResponse, ApiError> {
-        let table = request.table.clone();
-        let response = self
-            .call_leader(deadline, |mut kv| async move {
-                kv.delete_range(with_deadline(request, deadline)).await
-            })
-            .await?;
-        self.wait_applied(&table, response.header.as_ref(), deadline)
-            .await?;
-        Ok(response)
-    }
-
-    pub async fn forward_txn(
-        &self,
-        request: TxnRequest,
-        deadline: tokio::time::Instant,
-    ) -> Result<TxnResponse, ApiError> {
-        let table = request.table.clone();
-        let response = self
-            .call_leader(deadline, |mut kv| async move {
-                kv.txn(with_deadline(request, deadline)).await
-            })
-            .await?;
-        self.wait_applied(&table, response.header.as_ref(), deadline)
-            .await?;
-        Ok(response)
-    }
-
-    /// One call to the leader's KV service, bounded by `deadline`; the leader's errors keep
+    /// Forwards a write to the leader cluster and answers once this node's replica has
+    /// applied it (read-your-writes), all within `deadline`; the leader cluster's errors keep
     /// their code.
-    async fn call_leader<T, F, Fut>(
+    pub async fn forward<W: ForwardedWrite>(
         &self,
+        request: W,
         deadline: tokio::time::Instant,
-        call: F,
-    ) -> Result<T, ApiError>
-    where
-        F: FnOnce(KvClient<LeaderChannel>) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        let answer = tokio::time::timeout_at(deadline, call(self.kv_client()))
+    ) -> Result<W::Response, ApiError> {
+        let table = String::from_utf8_lossy(request.table()).into_owned();
+        let kv = self.leader_cluster.kv_client();
+        let response = tokio::time::timeout_at(deadline, request.send(kv, deadline))
             .await
             .map_err(|_| ApiError::DeadlineExceeded)?
-            .map_err(leader_error)?;
-        Ok(answer.into_inner())
+            .map_err(leader_cluster_error)?
+            .into_inner();
+        self.wait_applied(&table, W::revision(&response), deadline)
+            .await?;
+        Ok(response)
     }
 
-    /// Waits until this node's replica of `table` has applied the leader's `header.revision`.
+    /// Waits until this node's replica of `table` has applied the leader's `revision`.
     async fn wait_applied(
         &self,
-        table: &[u8],
-        header: Option<&ResponseHeader>,
+        name: &str,
+        revision: Revision,
         deadline: tokio::time::Instant,
     ) -> Result<(), ApiError> {
-        let revision = header.map_or(0, |header| header.revision);
-        if revision == 0 {
+        if revision.get() == 0 {
             return Ok(());
         }
-        let name = String::from_utf8_lossy(table).into_owned();
-        let node = self
-            .node()
+        let host = self
+            .host()
             .ok_or_else(|| ApiError::Unavailable("the node is shutting down".into()))?;
         // The table may not be served here yet (created on the leader a moment ago).
         let group = loop {
-            match node.table(&name).await {
+            match host.table(name).await {
                 Ok(group) => break group,
                 Err(ApiError::TableNotFound(_) | ApiError::Unavailable(_))
                     if tokio::time::Instant::now() + TABLE_APPEAR_PAUSE < deadline =>
@@ -132,16 +172,17 @@ impl Follower {
             }
         };
         let mut applied = group.state_machine.subscribe();
+        // On a follower cluster a write's revision is the leader cluster's index of it.
         let reached = |position: &armada_table::AppliedPosition| {
             position
                 .leader_index
-                .is_some_and(|index| index.get() >= revision)
+                .is_some_and(|index| Revision::from_leader_index(index) >= revision)
         };
         tokio::time::timeout_at(deadline, applied.wait_for(reached))
             .await
             .map_err(|_| ApiError::DeadlineExceeded)?
             .map_err(|_| ApiError::Unavailable("the table's replica stopped".into()))?;
-        debug_assert!(applied_leader_index(&group.table) >= revision);
+        debug_assert!(Revision::from_leader_index(applied_leader_index(&group.table)) >= revision);
         Ok(())
     }
 }
@@ -158,10 +199,10 @@ impl Follower {
     ) -> Result<(), ApiError> {
         use armada_table::pb;
         use prost::Message;
-        let node = self
-            .node()
+        let host = self
+            .host()
             .ok_or_else(|| ApiError::Unavailable("the node is shutting down".into()))?;
-        let group = node.table(name).await?;
+        let group = host.table(name).await?;
         let command = pb::Command {
             table: bytes::Bytes::from(name.as_bytes().to_vec()),
             r#type: pb::command::CommandType::Dummy as i32,
@@ -169,13 +210,7 @@ impl Follower {
             ..Default::default()
         };
         let request = crate::groups::types::Request(bytes::Bytes::from(command.encode_to_vec()));
-        let (log_index, _) = node
-            .write(
-                &crate::node::GroupHandle::Table(group.clone()),
-                request,
-                deadline,
-            )
-            .await?;
+        let (log_index, _) = host.propose(&group, request, deadline).await?;
         self.lag(name).reset();
         tracing::info!(
             table = name,

@@ -1,4 +1,4 @@
-//! Mirroring the leader's table set. Two sources feed the same step ([`apply_tables`]):
+//! Mirroring the leader's table set. Two sources feed the same step (`apply_tables`):
 //!
 //! * **The feed** ([`follow_feed`]): Armada leaders stream the table list over
 //!   `armada.v1.MetadataFeed.Watch` at once, on every table change and as a keep-alive every
@@ -19,16 +19,19 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use openraft::async_runtime::WatchReceiver;
 use std::time::{Duration, Instant};
 
 use armada_proto::armada::v1::MetadataWatchRequest;
-use armada_proto::armada::v1::metadata_feed_client::MetadataFeedClient;
 use armada_proto::replication::v1::{MetadataRequest, MetadataResponse};
+use armada_storage::LeaderIndex;
 
-use super::{CONTACT_GRACE, Follower, MAX_RECEIVE_BYTES, applied_leader_index, describe_failure};
-use crate::node::Node;
+use super::error::ReplicationError;
+use super::host::FollowerHost;
+use super::lag::{CONTACT_GRACE, applied_leader_index};
+use super::state::{Follower, record_metrics};
 
+/// The feed's call, as errors name it.
+const FEED: &str = "MetadataFeed.Watch";
 /// Deadline of one `Metadata.Get`.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of the catalog changes of one reconcile round.
@@ -47,38 +50,38 @@ pub async fn run(follower: Arc<Follower>) {
     let interval = follower.reconcile_interval;
     let mut failures = 0u32;
     loop {
-        let Some(node) = follower.node() else { return };
+        let Some(host) = follower.host() else { return };
         if !follower.feed_active() {
-            match poll_once(&follower, &node).await {
+            match poll_once(&follower, host.as_ref()).await {
                 Ok(()) => failures = 0,
                 Err(error) => {
                     failures += 1;
                     // Say it once, then only now and then while the leader stays unreachable.
                     if failures == 1 || failures.is_multiple_of(60) {
-                        tracing::warn!(%error, leader = follower.leader_address(), "reconciling tables with the leader cluster failed");
+                        tracing::warn!(%error, leader_cluster = follower.leader_cluster_address(), "reconciling tables with the leader cluster failed");
                     }
                 }
             }
         }
-        super::record_metrics(&follower);
-        drop(node);
+        record_metrics(&follower);
+        drop(host);
         tokio::time::sleep(interval).await;
     }
 }
 
-async fn poll_once(follower: &Follower, node: &Arc<Node>) -> Result<(), String> {
+async fn poll_once(follower: &Follower, host: &dyn FollowerHost) -> Result<(), ReplicationError> {
     let mut request = tonic::Request::new(MetadataRequest {});
     request.set_timeout(METADATA_TIMEOUT);
-    let mut client = follower.metadata_client();
+    let mut client = follower.leader_cluster.metadata_client();
     let answer = tokio::time::timeout(METADATA_TIMEOUT, client.get(request))
         .await
         .unwrap_or_else(|_| Err(tonic::Status::unavailable("no answer in time")));
     match answer {
-        Ok(response) => apply_tables(follower, node, response.into_inner()).await,
+        Ok(response) => apply_tables(follower, host, response.into_inner()).await,
         Err(status) => {
-            let error = describe_failure("Metadata.Get", &status);
-            follower.contact.failed(error.clone());
-            follower.rotate();
+            let error = ReplicationError::call("Metadata.Get", &status);
+            follower.contact.failed(error.to_string());
+            follower.leader_cluster.rotate();
             Err(error)
         }
     }
@@ -90,7 +93,7 @@ enum FeedEnd {
     Unsupported,
     /// It ended or failed after delivering at least once.
     AfterNews,
-    Failed(String),
+    Failed(ReplicationError),
 }
 
 /// Holds `MetadataFeed.Watch` open against the leader address in use, reopening it after an
@@ -98,13 +101,13 @@ enum FeedEnd {
 pub async fn follow_feed(follower: Arc<Follower>) {
     let mut backoff = FEED_MIN_BACKOFF;
     loop {
-        let Some(node) = follower.node() else { return };
-        let ended = feed_session(&follower, &node).await;
-        drop(node);
+        let Some(host) = follower.host() else { return };
+        let ended = feed_session(&follower, host.as_ref()).await;
+        drop(host);
         let pause = match ended {
             FeedEnd::Unsupported => {
                 tracing::info!(
-                    leader = follower.leader_address(),
+                    leader_cluster = follower.leader_cluster_address(),
                     "the leader cluster has no MetadataFeed: polling Metadata.Get instead"
                 );
                 FEED_RETRY_UNSUPPORTED
@@ -115,7 +118,7 @@ pub async fn follow_feed(follower: Arc<Follower>) {
             }
             FeedEnd::Failed(error) => {
                 tracing::debug!(%error, "the metadata feed failed");
-                follower.contact.failed(error);
+                follower.contact.failed(error.to_string());
                 backoff = (backoff * 2).min(FEED_MAX_BACKOFF);
                 backoff
             }
@@ -124,28 +127,27 @@ pub async fn follow_feed(follower: Arc<Follower>) {
     }
 }
 
-async fn feed_session(follower: &Follower, node: &Arc<Node>) -> FeedEnd {
-    let mut client =
-        MetadataFeedClient::new(follower.channel()).max_decoding_message_size(MAX_RECEIVE_BYTES);
+async fn feed_session(follower: &Follower, host: &dyn FollowerHost) -> FeedEnd {
+    let mut client = follower.leader_cluster.metadata_feed_client();
     let opened = tokio::time::timeout(
         FEED_IDLE_TIMEOUT,
         client.watch(tonic::Request::new(MetadataWatchRequest {})),
     );
     let mut stream = match opened.await {
-        Err(_) => return FeedEnd::Failed("MetadataFeed.Watch: no answer in time".into()),
+        Err(_) => return FeedEnd::Failed(ReplicationError::NoAnswerInTime(FEED)),
         Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
             return FeedEnd::Unsupported;
         }
-        Ok(Err(status)) => return FeedEnd::Failed(describe_failure("MetadataFeed.Watch", &status)),
+        Ok(Err(status)) => return FeedEnd::Failed(ReplicationError::call(FEED, &status)),
         Ok(Ok(response)) => response.into_inner(),
     };
     let mut delivered = false;
     loop {
         let next = match tokio::time::timeout(FEED_IDLE_TIMEOUT, stream.message()).await {
-            Err(_) => Err("MetadataFeed.Watch went silent".to_string()),
+            Err(_) => Err(ReplicationError::Silent(FEED)),
             Ok(Ok(Some(tables))) => Ok(tables),
             Ok(Ok(None)) => return FeedEnd::AfterNews,
-            Ok(Err(status)) => Err(describe_failure("MetadataFeed.Watch", &status)),
+            Ok(Err(status)) => Err(ReplicationError::call(FEED, &status)),
         };
         match next {
             Ok(tables) => {
@@ -153,12 +155,12 @@ async fn feed_session(follower: &Follower, node: &Arc<Node>) -> FeedEnd {
                 if let Ok(mut heard) = follower.feed_heard_at.lock() {
                     *heard = Some(Instant::now());
                 }
-                if let Err(error) = apply_tables(follower, node, tables).await {
+                if let Err(error) = apply_tables(follower, host, tables).await {
                     tracing::warn!(%error, "applying the leader cluster's table set failed");
                 }
             }
             Err(error) if delivered => {
-                follower.contact.failed(error);
+                follower.contact.failed(error.to_string());
                 return FeedEnd::AfterNews;
             }
             Err(error) => return FeedEnd::Failed(error),
@@ -166,36 +168,28 @@ async fn feed_session(follower: &Follower, node: &Arc<Node>) -> FeedEnd {
     }
 }
 
-/// Whether this node leads the follower cluster's catalog group.
-fn leads_catalog(node: &Node) -> bool {
-    node.catalog()
-        .server_metrics()
-        .borrow_watched()
-        .current_leader
-        == Some(node.node_id().get())
-}
-
 /// Takes in one answer of the leader: contact, leader indices, the known table set; on the
 /// catalog's leader, the catalog changes that mirror it.
 async fn apply_tables(
     follower: &Follower,
-    node: &Arc<Node>,
+    host: &dyn FollowerHost,
     response: MetadataResponse,
-) -> Result<(), String> {
+) -> Result<(), ReplicationError> {
     let _one_at_a_time = follower.applying.lock().await;
     follower.heard(None);
-    let groups = node.table_groups();
+    let groups = host.table_groups();
     for table in &response.tables {
         let lag = follower.lag(&table.name);
         lag.contact.listed();
         if table.leader_index > 0 {
             let applied = groups
                 .get(&table.name)
-                .map_or(0, |group| applied_leader_index(&group.table));
-            lag.observe_leader(table.leader_index, applied);
+                .map(|group| applied_leader_index(&group.table))
+                .unwrap_or_default();
+            lag.observe_leader(LeaderIndex(table.leader_index), applied);
         }
     }
-    if let Ok(mut tables) = follower.leader_tables.lock() {
+    if let Ok(mut tables) = follower.leader_cluster_tables.lock() {
         *tables = Some(
             response
                 .tables
@@ -204,7 +198,7 @@ async fn apply_tables(
                 .collect(),
         );
     }
-    if !leads_catalog(node) {
+    if !host.leads_catalog() {
         return Ok(());
     }
     let desired: BTreeMap<String, Option<u64>> = response
@@ -213,18 +207,18 @@ async fn apply_tables(
         .map(|table| (table.name.clone(), table.id.parse::<u64>().ok()))
         .collect();
     let deadline = tokio::time::Instant::now() + CHANGE_TIMEOUT;
-    remove_vanished(follower, node, &desired, deadline).await?;
-    create_missing(node, &desired, deadline).await
+    remove_vanished(follower, host, &desired, deadline).await?;
+    create_missing(host, &desired, deadline).await
 }
 
 /// Deletes local tables that the leader no longer has, or has re-created under a new id.
 async fn remove_vanished(
     follower: &Follower,
-    node: &Arc<Node>,
+    host: &dyn FollowerHost,
     desired: &BTreeMap<String, Option<u64>>,
     deadline: tokio::time::Instant,
-) -> Result<(), String> {
-    let catalog = node.catalog_state();
+) -> Result<(), ReplicationError> {
+    let catalog = host.catalog_state();
     for (name, record) in &catalog.tables {
         let replace = match desired.get(name) {
             None => true,
@@ -237,33 +231,43 @@ async fn remove_vanished(
             );
             follower.lag(name).reset();
             follower.forget_lag(name);
-            node.delete_table(name, deadline)
+            host.delete_table(name, deadline)
                 .await
                 .or_else(|error| match error {
                     crate::error::ApiError::TableNotFound(_) => Ok(()),
                     error => Err(error),
                 })
-                .map_err(|error| format!("deleting table {name}: {error}"))?;
+                .map_err(|error| ReplicationError::Catalog {
+                    action: "deleting",
+                    table: name.clone(),
+                    error,
+                })?;
         }
     }
     Ok(())
 }
 
 async fn create_missing(
-    node: &Arc<Node>,
+    host: &dyn FollowerHost,
     desired: &BTreeMap<String, Option<u64>>,
     deadline: tokio::time::Instant,
-) -> Result<(), String> {
-    let catalog = node.catalog_state();
+) -> Result<(), ReplicationError> {
+    let catalog = host.catalog_state();
     for (name, upstream) in desired {
         if !catalog.tables.contains_key(name) {
             tracing::info!(
                 table = name,
                 "replicating a new table of the leader cluster"
             );
-            match node.create_table_with(name, *upstream, deadline).await {
+            match host.create_table(name, *upstream, deadline).await {
                 Ok(_) | Err(crate::error::ApiError::TableExists) => {}
-                Err(error) => return Err(format!("creating table {name}: {error}")),
+                Err(error) => {
+                    return Err(ReplicationError::Catalog {
+                        action: "creating",
+                        table: name.clone(),
+                        error,
+                    });
+                }
             }
         }
     }

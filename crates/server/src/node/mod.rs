@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use armada_storage::{CATALOG_GROUP, NodeId, Storage, TableId};
+use armada_storage::{CATALOG_GROUP, LeaderIndex, LogIndex, NodeId, Storage, TableId};
 use openraft::BasicNode;
 use tokio::sync::{Notify, watch};
 
@@ -30,10 +30,13 @@ use crate::cluster::handler::{GroupDirectory, PeerHandler};
 use crate::cluster::network::ClusterNetwork;
 use crate::cluster::rpc::{self, PeerRequest, PeerResponse, PeerResult};
 use crate::config::ServerConfig;
+use crate::error::ApiError;
+use crate::follower::host::{FollowerHost, InstalledSnapshot};
 use crate::groups::CatalogRaft;
 pub use crate::groups::handle::GroupHandle;
 use crate::groups::log::LogEngine;
 pub use crate::groups::table_group::TableGroup;
+use crate::groups::types::{Request, Response};
 use crate::transport::{Handler, QuicConfig, QuicTransport, Transport, TransportError};
 
 mod propose;
@@ -109,8 +112,6 @@ pub struct Node {
     tables: RwLock<Arc<BTreeMap<String, Arc<TableGroup>>>>,
     reconciled: Notify,
     reconcile_lock: tokio::sync::Mutex<()>,
-    /// Follower clusters: the replication machinery (set once at start).
-    follower: std::sync::OnceLock<Arc<crate::follower::Follower>>,
     /// This node's client URL in MemberList once the API listener is bound (see
     /// [`Node::api_advertise_address`]).
     api_advertise_address: std::sync::OnceLock<String>,
@@ -190,23 +191,13 @@ impl Node {
             tables: RwLock::new(Arc::new(BTreeMap::new())),
             reconciled: Notify::new(),
             reconcile_lock: tokio::sync::Mutex::new(()),
-            follower: std::sync::OnceLock::new(),
             api_advertise_address: std::sync::OnceLock::new(),
         });
         handler.attach(&node);
         node.reconcile().await?;
         let reconciler = node.clone();
         tokio::spawn(async move { reconciler.run_reconciler().await });
-        if node.config.is_follower() {
-            let follower = crate::follower::Follower::start(&node)?;
-            let _ = node.follower.set(follower);
-        }
         Ok(node)
-    }
-
-    /// The replication machinery when this node belongs to a follower cluster.
-    pub fn follower(&self) -> Option<&Arc<crate::follower::Follower>> {
-        self.follower.get()
     }
 
     /// Where received snapshots are spooled.
@@ -489,5 +480,79 @@ impl GroupDirectory for Node {
 
     fn api_advertise_address(&self) -> String {
         Node::api_advertise_address(self)
+    }
+}
+
+/// What the follower side of replication uses of the node (see `crate::follower::host`).
+#[async_trait::async_trait]
+impl FollowerHost for Node {
+    fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    fn leads_catalog(&self) -> bool {
+        self.catalog
+            .server_metrics()
+            .borrow_watched()
+            .current_leader
+            == Some(self.node_id.get())
+    }
+
+    fn table_groups(&self) -> Arc<BTreeMap<String, Arc<TableGroup>>> {
+        Node::table_groups(self)
+    }
+
+    fn catalog_state(&self) -> Arc<CatalogState> {
+        Node::catalog_state(self)
+    }
+
+    fn temporary_dir(&self) -> std::path::PathBuf {
+        Node::temporary_dir(self)
+    }
+
+    async fn table(&self, name: &str) -> Result<Arc<TableGroup>, ApiError> {
+        Node::table(self, name).await
+    }
+
+    async fn create_table(
+        &self,
+        name: &str,
+        upstream_id: Option<u64>,
+        deadline: tokio::time::Instant,
+    ) -> Result<TableId, ApiError> {
+        self.create_table_with(name, upstream_id, deadline).await
+    }
+
+    async fn delete_table(
+        &self,
+        name: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), ApiError> {
+        Node::delete_table(self, name, deadline).await
+    }
+
+    async fn propose(
+        &self,
+        group: &Arc<TableGroup>,
+        request: Request,
+        deadline: tokio::time::Instant,
+    ) -> Result<(LogIndex, Response), ApiError> {
+        self.write(&GroupHandle::Table(group.clone()), request, deadline)
+            .await
+    }
+
+    async fn install_snapshot(
+        &self,
+        group: &Arc<TableGroup>,
+        dump: &std::path::Path,
+        deadline: tokio::time::Instant,
+    ) -> Result<InstalledSnapshot, ApiError> {
+        let loaded = self
+            .load_table_from_dump(group, dump, true, deadline)
+            .await?;
+        Ok(InstalledSnapshot {
+            records: loaded.records,
+            leader_index: loaded.leader_index.map(LeaderIndex),
+        })
     }
 }
