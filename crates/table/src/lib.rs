@@ -70,7 +70,8 @@ pub use outcome::{
 };
 pub use position::AppliedPosition;
 pub use response_budget::FIXED_OP_RESPONSE_BYTES;
-pub use table::{Table, TableRole};
+pub use revision::TableRole;
+pub use table::Table;
 pub use view::ReadView;
 
 use armada_storage::{LogIndex, Revision};

@@ -13,10 +13,20 @@
 //! [`entry_revision`] (or, inside a replicated SEQUENCE, [`Revision::from_leader_index`]) and
 //! stores [`position_after`]. Nothing else derives a revision.
 
-use crate::TableRole;
 use crate::position::AppliedPosition;
 use armada_storage::{LeaderIndex, LogIndex, Revision};
 use bytes::Bytes;
+
+/// Which cluster a table replica belongs to; decides how revisions are assigned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableRole {
+    /// Leader cluster: a write's revision is its entry's log index.
+    Leader,
+    /// Follower cluster: the table applies only replicated commands (SEQUENCEs of the leader's
+    /// commands, each stamped with its leader index) and staged loads; its revision is the last
+    /// applied leader index.
+    Follower,
+}
 
 /// The revision an entry's own writes are stamped with, and the one its outcome reports
 /// (a replicated SEQUENCE's writes carry their leader indices instead).

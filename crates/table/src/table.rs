@@ -21,7 +21,7 @@ use crate::generation::{
 };
 use crate::load::{Staging, StagingMeta};
 use crate::position::AppliedPosition;
-use crate::revision::{entry_revision, position_after};
+use crate::revision::{TableRole, entry_revision, position_after};
 use crate::view::ReadView;
 use crate::{AppliedBatch, ApplyEntry, ApplyOutcome, CommandOutcome, pb, snapshot};
 use armada_storage::fjall::{Keyspace, Readable};
@@ -41,17 +41,6 @@ pub(crate) const META_GENERATION: &[u8] = b"generation";
 pub(crate) const META_POSITION: &[u8] = b"position";
 pub(crate) const META_COMPACT_REVISION: &[u8] = b"compact_revision";
 pub(crate) const META_STAGING: &[u8] = b"staging";
-
-/// Which cluster a table replica belongs to; decides how revisions are assigned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TableRole {
-    /// Leader cluster: a write's revision is its entry's log index.
-    Leader,
-    /// Follower cluster: the table applies only replicated commands (SEQUENCEs of the leader's
-    /// commands, each stamped with its leader index) and staged loads; its revision is the last
-    /// applied leader index.
-    Follower,
-}
 
 pub(crate) struct State {
     pub generation: Arc<Generation>,
