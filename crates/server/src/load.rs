@@ -63,7 +63,7 @@ impl Node {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |elapsed| elapsed.as_nanos() as u64);
         let load_id = (nanos ^ (self.node_id().get() << 56)).max(1);
-        let table = Bytes::from(group.name.clone().into_bytes());
+        let table = Bytes::from(group.name().as_bytes().to_vec());
         let command = |r#type: CommandType| pb::Command {
             table: table.clone(),
             r#type: r#type as i32,

@@ -17,7 +17,6 @@ use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
-use openraft::async_runtime::WatchReceiver;
 
 use crate::follower::Follower;
 use crate::node::Node;
@@ -113,9 +112,11 @@ async fn ready(State(state): State<RestState>, RawQuery(query): RawQuery) -> (St
 pub fn record_node_gauges(node: &Node) {
     crate::build_info::record_metric();
     for (name, group) in node.table_groups().iter() {
-        let labels = [("table", name.clone()), ("shard_id", group.id.to_string())];
-        let metrics = group.raft.metrics();
-        let metrics = metrics.borrow_watched();
+        let labels = [
+            ("table", name.clone()),
+            ("shard_id", group.id().to_string()),
+        ];
+        let metrics = group.raft_metrics();
         metrics::gauge!("armada_raft_term", &labels).set(metrics.current_term as f64);
         metrics::gauge!("armada_raft_has_leader", &labels)
             .set(f64::from(u8::from(metrics.current_leader.is_some())));
@@ -129,12 +130,12 @@ pub fn record_node_gauges(node: &Node) {
         metrics::gauge!("armada_raft_applied_index", &labels)
             .set(metrics.last_applied.as_ref().map_or(0, |id| id.index) as f64);
         metrics::counter!("armada_raft_elections_total", &labels)
-            .absolute(node.log_engine().group_term_changes(group.id));
-        metrics::gauge!("armada_table_disk_bytes", &labels).set(group.table.disk_bytes() as f64);
+            .absolute(node.log_engine().group_term_changes(group.id()));
+        metrics::gauge!("armada_table_disk_bytes", &labels).set(group.table().disk_bytes() as f64);
         metrics::counter!("armada_table_compactions_total", &labels)
-            .absolute(group.table.compactions());
+            .absolute(group.table().compactions());
         metrics::gauge!("armada_table_revision", &labels)
-            .set(group.table.read_view().position().revision.get() as f64);
+            .set(group.table().read_view().position().revision.get() as f64);
     }
     metrics::gauge!("armada_storage_disk_bytes").set(node.storage().disk_space() as f64);
     metrics::gauge!("armada_storage_journal_bytes").set(node.storage().journal_bytes() as f64);

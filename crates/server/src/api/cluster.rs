@@ -5,7 +5,6 @@
 //! seconds since any answer, and in `errors` the cause of a failing link (`Unavailable`,
 //! `Unauthenticated`, …).
 
-use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -73,9 +72,8 @@ impl ClusterService {
         group: &TableGroup,
         errors: &mut Vec<String>,
     ) -> TableStatus {
-        let metrics = group.raft.metrics();
-        let metrics = metrics.borrow_watched().clone();
-        let view = group.table.read_view();
+        let metrics = group.raft_metrics();
+        let view = group.table().read_view();
         let content_hash = match view.content_hash() {
             Ok(hash) => hash,
             Err(error) => {
@@ -87,9 +85,9 @@ impl ClusterService {
         let applied_leader_index = position.leader_index.unwrap_or_default();
         let lag = self.table_lag(name, applied_leader_index, errors);
         TableStatus {
-            log_size: i64::try_from(self.node.log_engine().group_log_bytes(group.id))
+            log_size: i64::try_from(self.node.log_engine().group_log_bytes(group.id()))
                 .unwrap_or(i64::MAX),
-            db_size: i64::try_from(group.table.disk_bytes()).unwrap_or(i64::MAX),
+            db_size: i64::try_from(group.table().disk_bytes()).unwrap_or(i64::MAX),
             leader: metrics
                 .current_leader
                 .map(|id| id.to_string())
@@ -98,13 +96,13 @@ impl ClusterService {
             raft_term: metrics.current_term,
             raft_applied_index: position.log_index.get(),
             revision: position.revision.get(),
-            shard_id: group.id.get(),
+            shard_id: group.id().get(),
             content_hash,
             commit_index: metrics.local_committed.map_or(0, |log_id| log_id.index),
             first_log_index: self
                 .node
                 .log_engine()
-                .group(group.id)
+                .group(group.id())
                 .first_index()
                 .unwrap_or_default()
                 .unwrap_or(0),

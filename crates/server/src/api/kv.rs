@@ -49,7 +49,7 @@ impl KvService {
         if linearizable {
             self.node.linearize(group, deadline).await?;
         }
-        Ok(group.table.read_view())
+        Ok(group.table().read_view())
     }
 
     async fn propose(

@@ -131,7 +131,7 @@ impl MaintenanceService {
         let name = validate::table(&table)?;
         let group = self.node.table(&name).await?;
         self.node.linearize(&group, deadline).await?;
-        let view = group.table.read_view();
+        let view = group.table().read_view();
         let revision = view.position().revision.get();
         let (sender, receiver) = mpsc::channel(BACKUP_BUFFERED_CHUNKS);
         tokio::task::spawn_blocking(move || {

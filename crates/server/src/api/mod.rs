@@ -66,7 +66,7 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 pub fn header(node: &Node, group: &TableGroup, revision: Revision) -> ResponseHeader {
     let (raft_term, raft_leader) = group.term_and_raft_leader();
     ResponseHeader {
-        shard_id: group.id.get(),
+        shard_id: group.id().get(),
         replica_id: node.node_id().get(),
         revision: revision.get(),
         raft_term: raft_term.get(),

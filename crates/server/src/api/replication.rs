@@ -84,7 +84,7 @@ impl ReplicationService {
 /// The applied index of a table's replica on this node: on the leader cluster, the leader
 /// index a follower cluster can reach.
 fn applied_index(group: &TableGroup) -> u64 {
-    group.state_machine.subscribe().borrow().log_index.get()
+    group.state_machine().subscribe().borrow().log_index.get()
 }
 
 /// The table list that `Metadata.Get` answers and `MetadataFeed.Watch` streams.
@@ -102,7 +102,7 @@ fn table_list(node: &Node) -> MetadataResponse {
                 // 0 while this node is still starting the table's group.
                 leader_index: running
                     .get(&record.name)
-                    .filter(|group| group.id == record.table_id())
+                    .filter(|group| group.id() == record.table_id())
                     .map_or(0, |group| applied_index(group)),
             })
             .collect(),
@@ -263,7 +263,7 @@ impl ReplicationService {
         let (sender, receiver) = mpsc::channel(REPLICATE_STREAM_BUFFER);
         let stream = LogStream::new(
             group.clone(),
-            self.node.log_engine().group(group.id),
+            self.node.log_engine().group(group.id()),
             self.node.catalog_changes(),
             self.stop.clone(),
             // On the leader cluster a leader index is the entry's own log index.
@@ -364,7 +364,7 @@ impl Snapshot for ReplicationService {
             let group = self.node.table(&validate::table(&request.table)?).await?;
             let deadline = Instant::now() + super::DEFAULT_DEADLINE;
             self.node.linearize(&group, deadline).await?;
-            let view = group.table.read_view();
+            let view = group.table().read_view();
             let (sender, receiver) = mpsc::channel(2);
             tokio::task::spawn_blocking(move || {
                 let leader_index = view.position().log_index.get();

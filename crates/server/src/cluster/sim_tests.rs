@@ -277,8 +277,8 @@ impl SimCluster {
             for (_, node) in self.running() {
                 let group = node.table_groups().get(name)?.clone();
                 last_log_index =
-                    last_log_index.max(group.raft.metrics().borrow_watched().last_log_index?);
-                let view = group.table.read_view();
+                    last_log_index.max(group.raft().metrics().borrow_watched().last_log_index?);
+                let view = group.table().read_view();
                 let hash = view.content_hash().expect("content hash");
                 states.push((view.position().log_index.get(), hash));
             }
@@ -386,7 +386,7 @@ async fn eventually<T>(what: &str, mut condition: impl AsyncFnMut() -> Option<T>
 /// The table group's Raft leader as `node`'s replica knows it.
 fn table_raft_leader(node: &Node, name: &str) -> Option<u64> {
     let group = node.table_groups().get(name)?.clone();
-    group.raft.metrics().borrow_watched().current_leader
+    group.raft().metrics().borrow_watched().current_leader
 }
 
 /// Writes `key = value` through `node` (forwarded to the Raft leader when needed), as KV.Put
@@ -474,7 +474,7 @@ async fn get_linearizable_eventually(node: &Node, table: &str, key: &str) -> Opt
 fn get_local(node: &Node, table: &str, key: &str) -> Option<Bytes> {
     let group = node.table_groups().get(table)?.clone();
     let query = RangeQuery::new(Bytes::copy_from_slice(key.as_bytes()), RangeEnd::Single);
-    let outcome = group.table.read_view().range(&query).expect("range");
+    let outcome = group.table().read_view().range(&query).expect("range");
     outcome.kvs.into_iter().next().map(|kv| kv.value)
 }
 
@@ -828,7 +828,7 @@ async fn a_node_behind_the_compacted_log_installs_a_snapshot() {
         let node = cluster.node(3);
         let group = node.table_groups().get("t").expect("table").clone();
         group
-            .raft
+            .raft()
             .metrics()
             .borrow_watched()
             .last_log_index
@@ -863,7 +863,7 @@ async fn a_node_behind_the_compacted_log_installs_a_snapshot() {
     let node = cluster.node(3);
     let group = node.table_groups().get("t").expect("table").clone();
     eventually("node 3's Raft metrics show the snapshot", async || {
-        let metrics = group.raft.metrics().borrow_watched().clone();
+        let metrics = group.raft().metrics().borrow_watched().clone();
         let snapshot = metrics.snapshot?.index;
         let applied = metrics.last_applied?.index;
         (snapshot > stopped_at + 1 && applied >= index).then_some(())

@@ -45,7 +45,7 @@ pub async fn bootstrap(
     }
     let started = std::time::Instant::now();
     let mut request = tonic::Request::new(SnapshotRequest {
-        table: Bytes::from(group.name.clone().into_bytes()),
+        table: Bytes::from(group.name().as_bytes().to_vec()),
     });
     request.set_timeout(SNAPSHOT_TIMEOUT);
     let mut client = follower.leader_cluster.snapshot_client();
@@ -59,7 +59,7 @@ pub async fn bootstrap(
     // Counted once the snapshot is here, before it is installed: a reader that sees the new
     // contents also sees the recovery counted.
     lag.count_recovery();
-    metrics::counter!("armada_replication_snapshot_recoveries_total", "table" => group.name.clone())
+    metrics::counter!("armada_replication_snapshot_recoveries_total", "table" => group.name().to_string())
         .increment(1);
     let installed = host
         .install_snapshot(
@@ -70,9 +70,9 @@ pub async fn bootstrap(
         .await
         .map_err(ReplicationError::Install)?;
     let leader_index = installed.leader_index.unwrap_or_default();
-    lag.observe_leader(leader_index, applied_leader_index(&group.table));
+    lag.observe_leader(leader_index, applied_leader_index(group.table()));
     tracing::info!(
-        table = group.name,
+        table = group.name(),
         records = installed.records,
         bytes,
         leader_index = leader_index.get(),

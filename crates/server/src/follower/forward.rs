@@ -171,7 +171,7 @@ impl Follower {
                 Err(_) => return Err(ApiError::DeadlineExceeded),
             }
         };
-        let mut applied = group.state_machine.subscribe();
+        let mut applied = group.state_machine().subscribe();
         // On a follower cluster a write's revision is the leader cluster's index of it.
         let reached = |position: &armada_table::AppliedPosition| {
             position
@@ -182,7 +182,9 @@ impl Follower {
             .await
             .map_err(|_| ApiError::DeadlineExceeded)?
             .map_err(|_| ApiError::Unavailable("the table's replica stopped".into()))?;
-        debug_assert!(Revision::from_leader_index(applied_leader_index(&group.table)) >= revision);
+        debug_assert!(
+            Revision::from_leader_index(applied_leader_index(group.table())) >= revision
+        );
         Ok(())
     }
 }
@@ -216,7 +218,7 @@ impl Follower {
             table = name,
             "reset: the table re-bootstraps from the leader cluster"
         );
-        let mut applied = group.state_machine.subscribe();
+        let mut applied = group.state_machine().subscribe();
         let rebuilt = |position: &armada_table::AppliedPosition| {
             position.log_index > log_index
                 && position.leader_index.is_some_and(|index| index.get() > 0)

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use armada_storage::{LeaderIndex, LogIndex, NodeId, TableId};
-use openraft::async_runtime::WatchReceiver;
 
 use crate::catalog::CatalogState;
 use crate::error::ApiError;
@@ -36,7 +35,7 @@ pub trait FollowerHost: Send + Sync {
 
     /// Whether this node is the Raft leader of `group` (only that node replicates the table).
     fn leads_table(&self, group: &TableGroup) -> bool {
-        group.raft.server_metrics().borrow_watched().current_leader == Some(self.node_id().get())
+        group.is_raft_leader(self.node_id())
     }
 
     /// Whether this node is the Raft leader of the follower cluster's catalog group.

@@ -184,7 +184,7 @@ async fn apply_tables(
         if table.leader_index > 0 {
             let applied = groups
                 .get(&table.name)
-                .map(|group| applied_leader_index(&group.table))
+                .map(|group| applied_leader_index(group.table()))
                 .unwrap_or_default();
             lag.observe_leader(LeaderIndex(table.leader_index), applied);
         }

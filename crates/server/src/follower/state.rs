@@ -126,7 +126,7 @@ impl Follower {
         host.table_groups()
             .iter()
             .map(|(name, group)| {
-                let applied = applied_leader_index(&group.table);
+                let applied = applied_leader_index(group.table());
                 (name.clone(), self.lag(name).report(applied, grace))
             })
             .collect()
@@ -148,7 +148,7 @@ impl Follower {
             .filter(|name| {
                 groups
                     .get(*name)
-                    .is_none_or(|group| applied_leader_index(&group.table).get() == 0)
+                    .is_none_or(|group| applied_leader_index(group.table()).get() == 0)
             })
             .map(String::as_str)
             .collect();

@@ -63,14 +63,14 @@ pub async fn supervise(follower: Arc<Follower>) {
         {
             let mut workers = crate::fail_stop::lock(&follower.workers, "the worker map");
             workers.retain(|id, task| {
-                let running = groups.values().any(|group| group.id.get() == *id);
+                let running = groups.values().any(|group| group.id().get() == *id);
                 if !running {
                     task.abort();
                 }
                 running && !task.is_finished()
             });
             for group in groups.values() {
-                workers.entry(group.id.get()).or_insert_with(|| {
+                workers.entry(group.id().get()).or_insert_with(|| {
                     tokio::spawn(run(follower.clone(), group.clone())).abort_handle()
                 });
             }
@@ -82,10 +82,10 @@ pub async fn supervise(follower: Arc<Follower>) {
 
 /// Replicates one table while this node leads its Raft group, session after session.
 async fn run(follower: Arc<Follower>, group: Arc<TableGroup>) {
-    let lag = follower.lag(&group.name);
-    metrics::counter!("armada_replication_snapshot_recoveries_total", "table" => group.name.clone())
+    let lag = follower.lag(group.name());
+    metrics::counter!("armada_replication_snapshot_recoveries_total", "table" => group.name().to_string())
         .increment(0);
-    let mut metrics = group.raft.server_metrics();
+    let mut metrics = group.raft_changes();
     let mut backoff = MIN_BACKOFF;
     loop {
         let Some(host) = follower.host() else { return };
@@ -98,7 +98,7 @@ async fn run(follower: Arc<Follower>, group: Arc<TableGroup>) {
         match session(&follower, host.as_ref(), &group, &lag).await {
             Ok(()) => backoff = MIN_BACKOFF,
             Err(error) => {
-                tracing::debug!(table = group.name, %error, "replication session ended");
+                tracing::debug!(table = group.name(), %error, "replication session ended");
                 lag.contact.failed(error.to_string());
                 drop(host);
                 tokio::time::sleep(backoff).await;
@@ -115,12 +115,12 @@ async fn session(
     group: &Arc<TableGroup>,
     lag: &TableLag,
 ) -> Result<(), ReplicationError> {
-    let (from, mut puller) = match Puller::open(applied_leader_index(&group.table)) {
+    let (from, mut puller) = match Puller::open(applied_leader_index(group.table())) {
         Opening::Bootstrap => return bootstrap(follower, host, group, lag).await,
         Opening::Stream { from, puller } => (from, puller),
     };
     let mut request = tonic::Request::new(ReplicateRequest {
-        table: Bytes::from(group.name.clone().into_bytes()),
+        table: Bytes::from(group.name().as_bytes().to_vec()),
         leader_index: from.get(),
     });
     request.set_timeout(REPLICATE_TIMEOUT);
@@ -131,7 +131,7 @@ async fn session(
         .await?;
     let (mut received, _stop_reader) = read_ahead(stream);
     let replica = || Replica {
-        applied: applied_leader_index(&group.table),
+        applied: applied_leader_index(group.table()),
         leads: host.leads_table(group),
     };
     loop {
@@ -139,12 +139,12 @@ async fn session(
             Step::Receive => received.recv().await.unwrap_or(Input::End),
             Step::ReceiveQueued => received.try_recv().unwrap_or(Input::Drained),
             Step::ObserveLeader(index) => {
-                lag.observe_leader(index, applied_leader_index(&group.table));
+                lag.observe_leader(index, applied_leader_index(group.table()));
                 continue;
             }
             Step::Propose(commands) => {
                 propose_batch(host, group, commands).await?;
-                lag.observe_applied(applied_leader_index(&group.table));
+                lag.observe_applied(applied_leader_index(group.table()));
                 puller.on_proposed(replica());
                 continue;
             }
@@ -167,7 +167,7 @@ async fn session(
 async fn wait(group: &TableGroup, from: armada_storage::LeaderIndex, pause: Pause) {
     if pause == Pause::LeaderBehind {
         tracing::warn!(
-            table = group.name,
+            table = group.name(),
             applied = from.get() - 1,
             "the leader's log is behind this follower; waiting"
         );
@@ -218,7 +218,7 @@ async fn propose_sequence(
     sequence: Vec<pb::Command>,
 ) -> Result<(), ReplicationError> {
     let command = pb::Command {
-        table: Bytes::from(group.name.clone().into_bytes()),
+        table: Bytes::from(group.name().as_bytes().to_vec()),
         r#type: pb::command::CommandType::Sequence as i32,
         sequence,
         ..Default::default()

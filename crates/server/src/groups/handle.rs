@@ -27,7 +27,7 @@ macro_rules! with_raft {
         match $handle {
             GroupHandle::Catalog($raft) => $body,
             GroupHandle::Table(group) => {
-                let $raft = &group.raft;
+                let $raft = &group.raft();
                 $body
             }
         }
@@ -43,7 +43,7 @@ impl GroupHandle {
     pub fn id(&self) -> TableId {
         match self {
             GroupHandle::Catalog(_) => armada_storage::CATALOG_GROUP,
-            GroupHandle::Table(group) => group.id,
+            GroupHandle::Table(group) => group.id(),
         }
     }
 
@@ -133,8 +133,8 @@ impl GroupHandle {
         if let GroupHandle::Table(group) = self {
             metrics::counter!(
                 "armada_raft_proposals_total",
-                "table" => group.name.clone(),
-                "shard_id" => group.id.to_string()
+                "table" => group.name().to_string(),
+                "shard_id" => group.id().to_string()
             )
             .increment(count as u64);
         }

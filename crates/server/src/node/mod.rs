@@ -212,7 +212,7 @@ impl Node {
         }
         self.table_groups()
             .values()
-            .find(|group| group.id == id)
+            .find(|group| group.id() == id)
             .map(|group| GroupHandle::Table(group.clone()))
     }
 
@@ -297,7 +297,7 @@ impl Node {
         catalog_ready
             && self.table_groups().values().all(|group| {
                 group
-                    .raft
+                    .raft()
                     .server_metrics()
                     .borrow_watched()
                     .current_leader
@@ -329,7 +329,7 @@ impl Node {
                     best_successor(&raft.metrics().borrow_watched(), me, recent)
                 }
                 GroupHandle::Table(group) => {
-                    best_successor(&group.raft.metrics().borrow_watched(), me, recent)
+                    best_successor(&group.raft().metrics().borrow_watched(), me, recent)
                 }
             };
             if let Some(target) = target {
@@ -363,7 +363,7 @@ impl Node {
             self.transfer_leaderships(LEADERSHIP_TRANSFER_TIMEOUT).await;
         }
         for group in self.table_groups().values() {
-            let _ = group.raft.shutdown().await;
+            let _ = group.raft().shutdown().await;
         }
         let _ = self.catalog.shutdown().await;
         self.transport.shutdown().await;

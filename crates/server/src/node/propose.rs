@@ -168,7 +168,7 @@ impl Node {
         index: LogIndex,
         deadline: tokio::time::Instant,
     ) -> Result<(), ApiError> {
-        let mut applied = group.state_machine.subscribe();
+        let mut applied = group.state_machine().subscribe();
         tokio::time::timeout_at(
             deadline,
             applied.wait_for(|position| position.log_index >= index),

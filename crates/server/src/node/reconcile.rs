@@ -48,7 +48,7 @@ impl Node {
                 continue;
             };
             if let Some(group) = self.table_groups().get(name)
-                && group.id == record.table_id()
+                && group.id() == record.table_id()
             {
                 return Ok(group.clone());
             }
@@ -95,7 +95,7 @@ impl Node {
         let mut stopped = Vec::new();
         for (name, group) in running.iter() {
             match catalog.tables.get(name) {
-                Some(record) if record.table_id() == group.id => {
+                Some(record) if record.table_id() == group.id() => {
                     next.insert(name.clone(), group.clone());
                 }
                 _ => stopped.push(group.clone()),
@@ -139,25 +139,25 @@ impl Node {
         .await?;
         initialize_if_new(&raft, &self.members).await?;
         tracing::info!(table = name, id = id.get(), "table group started");
-        Ok(Arc::new(TableGroup {
+        Ok(Arc::new(TableGroup::new(
             id,
-            name: name.to_string(),
+            name.to_string(),
             raft,
             table,
             state_machine,
-        }))
+        )))
     }
 
     async fn stop_and_destroy(&self, group: &TableGroup) -> anyhow::Result<()> {
-        if let Err(error) = group.raft.shutdown().await {
-            tracing::warn!(%error, table = group.name, "table group did not shut down cleanly");
+        if let Err(error) = group.raft().shutdown().await {
+            tracing::warn!(%error, table = group.name(), "table group did not shut down cleanly");
         }
         let storage = self.storage.clone();
-        let id = group.id;
+        let id = group.id();
         tokio::task::block_in_place(|| Table::destroy(&storage, id))?;
         self.log.destroy_group(id)?;
         tracing::info!(
-            table = group.name,
+            table = group.name(),
             id = id.get(),
             "table group stopped and its data deleted"
         );
@@ -232,7 +232,7 @@ impl Node {
         })
         .await
         .map_err(|_| ApiError::DeadlineExceeded)??;
-        let mut metrics = group.raft.server_metrics();
+        let mut metrics = group.raft().server_metrics();
         tokio::time::timeout_at(deadline, metrics.wait_until(|m| m.current_leader.is_some()))
             .await
             .map_err(|_| ApiError::DeadlineExceeded)?

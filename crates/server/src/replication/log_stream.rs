@@ -130,12 +130,12 @@ impl LogStream {
     ) -> LogStream {
         catalog.mark_unchanged();
         let labels = [
-            ("table", group.name.clone()),
-            ("shard_id", group.id.to_string()),
+            ("table", group.name().to_string()),
+            ("shard_id", group.id().to_string()),
         ];
         LogStream {
-            cache: group.state_machine.log_cache().clone(),
-            applied: group.state_machine.subscribe(),
+            cache: group.state_machine().log_cache().clone(),
+            applied: group.state_machine().subscribe(),
             cache_hits: metrics::counter!("armada_replication_cache_hits_total", &labels),
             cache_misses: metrics::counter!("armada_replication_cache_misses_total", &labels),
             group,
@@ -210,8 +210,8 @@ impl LogStream {
         self.catalog
             .borrow()
             .tables
-            .get(&self.group.name)
-            .is_some_and(|record| record.table_id() == self.group.id)
+            .get(self.group.name())
+            .is_some_and(|record| record.table_id() == self.group.id())
     }
 
     /// The next batch, `next ..= applied`: from the cache when it holds `next`, else from the
@@ -246,7 +246,8 @@ impl LogStream {
         let Some(last) = entries.last().filter(|_| contiguous) else {
             return LogEvent::Failed(format!(
                 "the log of table `{}` is not contiguous at index {}",
-                self.group.name, self.next
+                self.group.name(),
+                self.next
             ));
         };
         assert!(
