@@ -14,7 +14,6 @@ pub mod follower;
 pub mod groups;
 pub mod health;
 pub mod listener;
-pub mod load;
 pub mod node;
 pub mod replication;
 pub mod rest;

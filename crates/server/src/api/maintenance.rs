@@ -16,7 +16,7 @@
 //! node's temporary directory (bounded by [`MAX_RESTORE_DUMP_BYTES`]) and checked completely
 //! ([`armada_table::check_dump`]: framing, CRCs, every record) before the table is touched;
 //! any problem is `InvalidArgument` naming the record. Only then does the node replace the
-//! table's contents through Raft (`Node::restore_table`, `crate::load`): created when
+//! table's contents through Raft (`Node::restore_table`, `node/load.rs`): created when
 //! missing, switched atomically on every replica, with fresh revisions. The revision after the
 //! switch travels in the response header [`REVISION_HEADER`].
 //!

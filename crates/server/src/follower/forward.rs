@@ -182,9 +182,7 @@ impl Follower {
             .await
             .map_err(|_| ApiError::DeadlineExceeded)?
             .map_err(|_| ApiError::Unavailable("the table's replica stopped".into()))?;
-        debug_assert!(
-            Revision::from_leader_index(applied_leader_index(group.table())) >= revision
-        );
+        debug_assert!(Revision::from_leader_index(applied_leader_index(group.table())) >= revision);
         Ok(())
     }
 }

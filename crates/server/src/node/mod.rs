@@ -8,7 +8,9 @@
 //!   hand-over), readiness, and read-only accessors for the rest of the server;
 //! - `propose`: the propose/read seam, [`Node::write`] and [`Node::linearize`];
 //! - `reconcile`: the running table groups kept equal to the catalog, table creation and
-//!   deletion, and [`Node::table`], the lookup of a table's group by name.
+//!   deletion, and [`Node::table`], the lookup of a table's group by name;
+//! - `load`: a table's contents replaced from a dump through its Raft group (Restore on the
+//!   leader cluster, a snapshot bootstrap on a follower cluster).
 //!
 //! Table groups are looked up through an immutable snapshot map swapped on change, so the
 //! request path takes no lock held across an await. The node's fields are private: what other
@@ -39,6 +41,7 @@ pub use crate::groups::table_group::TableGroup;
 use crate::groups::types::{Request, Response};
 use crate::transport::{Handler, QuicConfig, QuicTransport, Transport, TransportError};
 
+mod load;
 mod propose;
 mod reconcile;
 
