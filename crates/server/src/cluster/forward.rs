@@ -96,21 +96,17 @@ impl Forwarder {
                     self.remove_if_closed(raft_leader, group);
                 }
                 Enqueued::Full => {
-                    return Err(TransportError::Timeout {
-                        peer: raft_leader.get(),
-                    });
+                    return Err(TransportError::Timeout { peer: raft_leader });
                 }
             }
         }
         match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(TransportError::Interrupted {
-                peer: raft_leader.get(),
+                peer: raft_leader,
                 reason: "the forwarding task stopped".into(),
             }),
-            Err(_) => Err(TransportError::Timeout {
-                peer: raft_leader.get(),
-            }),
+            Err(_) => Err(TransportError::Timeout { peer: raft_leader }),
         }
     }
 
@@ -193,7 +189,7 @@ async fn run_queue(
                 receiver.close();
                 while let Ok(pending) = receiver.try_recv() {
                     let _ = pending.reply.send(Err(TransportError::Interrupted {
-                        peer: raft_leader.get(),
+                        peer: raft_leader,
                         reason: "the forwarding queue stopped".into(),
                     }));
                 }
@@ -316,9 +312,7 @@ async fn call(
     deadline: Instant,
 ) -> Result<PeerResult, TransportError> {
     let timeout = deadline.saturating_duration_since(Instant::now());
-    let answer = transport
-        .call(peer.get(), rpc::encode(request), timeout)
-        .await?;
+    let answer = transport.call(peer, rpc::encode(request), timeout).await?;
     rpc::decode::<PeerResult>(&answer).map_err(TransportError::Remote)
 }
 

@@ -71,7 +71,7 @@ impl PeerClient {
         let bytes = rpc::encode(&request);
         let answer = self
             .transport
-            .call(self.target.get(), bytes, option.hard_ttl())
+            .call(self.target, bytes, option.hard_ttl())
             .await
             .map_err(|error| transport_error(self.target, error))?;
         let result: PeerResult = rpc::decode(&answer)
@@ -200,7 +200,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .map_err(|error| StreamingError::Unreachable(unreachable(error)))?;
         let send = self
             .transport
-            .call_stream(self.target.get(), header, body, SNAPSHOT_TIMEOUT);
+            .call_stream(self.target, header, body, SNAPSHOT_TIMEOUT);
         let answer = tokio::select! {
             answer = send => answer.map_err(|error| StreamingError::Unreachable(unreachable(error)))?,
             closed = cancel => return Err(StreamingError::Closed(closed)),

@@ -18,6 +18,8 @@
 //! in one process.
 
 use std::collections::BTreeMap;
+
+use armada_storage::NodeId;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -169,7 +171,7 @@ impl SimCluster {
                 write_batches: recorded_batches,
                 swallow: swallowing,
             });
-            Ok(network.add_node(id, handler) as Arc<dyn Transport>)
+            Ok(network.add_node(NodeId(id), handler) as Arc<dyn Transport>)
         })
         .await
         .unwrap_or_else(|error| panic!("node {id} did not start: {error:#}"));
@@ -183,7 +185,7 @@ impl SimCluster {
     /// Crashes node `id`: it drops off the network at once, then its groups are stopped and the
     /// node is released (so its data directory can be opened again).
     async fn crash(&mut self, id: u64) {
-        self.network.remove_node(id);
+        self.network.remove_node(NodeId(id));
         let node = self
             .nodes
             .get_mut(&id)
@@ -207,7 +209,7 @@ impl SimCluster {
             .filter_map(|(id, slot)| Some((*id, slot.running.take()?)))
             .collect();
         for (id, _) in &nodes {
-            self.network.remove_node(*id);
+            self.network.remove_node(NodeId(*id));
         }
         futures::future::join_all(nodes.iter().map(|(_, node)| node.shutdown())).await;
         for (id, node) in nodes {
@@ -625,7 +627,7 @@ async fn an_isolated_raft_leader_acknowledges_nothing_and_the_majority_goes_on()
         .wait_for_more(20, "writes before the partition")
         .await;
 
-    cluster.network.set_node_links(old_leader, false);
+    cluster.network.set_node_links(NodeId(old_leader), false);
     // At once: openraft leaders do not step down on their own, so it still believes it leads
     // (unless leadership moved just before the cut). No quorum, so no write and no read.
     let deadline = Instant::now() + ISOLATED_REQUEST_TIMEOUT;
@@ -649,7 +651,7 @@ async fn an_isolated_raft_leader_acknowledges_nothing_and_the_majority_goes_on()
     assert!(read.is_err(), "the isolated node served {read:?}");
     let acked = writer.finish().await;
 
-    cluster.network.set_node_links(old_leader, true);
+    cluster.network.set_node_links(NodeId(old_leader), true);
     cluster.table_leader("t", &[1, 2, 3]).await;
     cluster.converged("t").await;
     for (id, node) in cluster.running() {
@@ -699,7 +701,7 @@ async fn requests_in_flight_to_a_leader_that_dies_end_when_another_leads() {
     })
     .await;
     // The leader dies for the others (it keeps the requests and never answers).
-    cluster.network.set_node_links(old_leader, false);
+    cluster.network.set_node_links(NodeId(old_leader), false);
 
     let write = write.await.expect("write task");
     match &write {
@@ -715,7 +717,7 @@ async fn requests_in_flight_to_a_leader_that_dies_end_when_another_leads() {
     assert_ne!(cluster.table_leader("t", &majority).await, old_leader);
     put(&node, "t", "after", "2").await.expect("a write after");
     drop(node);
-    cluster.network.set_node_links(old_leader, true);
+    cluster.network.set_node_links(NodeId(old_leader), true);
     cluster.converged("t").await;
     cluster.stop().await;
 }
@@ -723,7 +725,7 @@ async fn requests_in_flight_to_a_leader_that_dies_end_when_another_leads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_its_peers_hands_nothing_over_when_stopping() {
     let (cluster, old_leader, majority) = three_nodes_with_table("t").await;
-    cluster.network.set_node_links(old_leader, false);
+    cluster.network.set_node_links(NodeId(old_leader), false);
     // The others elect a leader (so nobody has acknowledged the old one for an election
     // timeout) and go on writing.
     assert_ne!(cluster.table_leader("t", &majority).await, old_leader);
@@ -737,7 +739,7 @@ async fn a_leader_cut_off_from_its_peers_hands_nothing_over_when_stopping() {
     // No member could take over: it starts no hand-over (each would wait out its timeout).
     assert_eq!(isolated.transfer_leaderships(CONDITION_TIMEOUT).await, 0);
     drop(isolated);
-    cluster.network.set_node_links(old_leader, true);
+    cluster.network.set_node_links(NodeId(old_leader), true);
     cluster.converged("t").await;
     // Healed, a leader hands over as before.
     let leader = cluster.table_leader("t", &[1, 2, 3]).await;

@@ -124,11 +124,12 @@ impl Node {
     /// Opens storage, starts the catalog group and every table group it lists, and talks to the
     /// peers over QUIC (`raft.address`, `raft.initial-members`).
     pub async fn start(config: ServerConfig) -> anyhow::Result<Arc<Node>> {
-        let node_id = config.raft.node_id;
+        let node_id = NodeId(config.raft.node_id);
         let peers = config
             .members()
             .map_err(anyhow::Error::msg)?
             .into_iter()
+            .map(|(id, address)| (NodeId(id), address))
             .filter(|(id, _)| *id != node_id)
             .collect();
         let address = config.raft.address.clone();
@@ -228,7 +229,7 @@ impl Node {
         let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
         let answer = self
             .transport
-            .call(peer.get(), rpc::encode(request), timeout)
+            .call(peer, rpc::encode(request), timeout)
             .await?;
         rpc::decode::<PeerResult>(&answer).map_err(TransportError::Remote)
     }

@@ -169,12 +169,14 @@ async fn read_content(
 
 /// Encodes a `PeerId` (hello frames).
 pub(super) fn encode_peer_id(peer: PeerId) -> Bytes {
-    Bytes::copy_from_slice(&peer.to_be_bytes())
+    Bytes::copy_from_slice(&peer.get().to_be_bytes())
 }
 
 /// Decodes a `PeerId` (hello frames).
 pub(super) fn decode_peer_id(content: &[u8]) -> Option<PeerId> {
-    Some(PeerId::from_be_bytes(content.try_into().ok()?))
+    Some(armada_storage::NodeId(u64::from_be_bytes(
+        content.try_into().ok()?,
+    )))
 }
 
 /// The `what` byte of a `TooLarge` frame.
@@ -237,6 +239,7 @@ pub(super) fn decode_message(content: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use armada_storage::NodeId;
 
     #[test]
     fn too_large_round_trips() {
@@ -260,7 +263,7 @@ mod tests {
                 assert_eq!(kind as u8, byte);
             }
         }
-        assert_eq!(decode_peer_id(&encode_peer_id(7)), Some(7));
+        assert_eq!(decode_peer_id(&encode_peer_id(NodeId(7))), Some(NodeId(7)));
         assert_eq!(decode_peer_id(&[1, 2, 3]), None);
     }
 }

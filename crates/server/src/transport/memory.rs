@@ -289,13 +289,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
     use crate::transport::tests::EchoHandler;
+    use armada_storage::NodeId;
 
     const TIMEOUT: Duration = Duration::from_secs(5);
 
     fn three_nodes() -> (MemoryNetwork, Vec<Arc<MemoryTransport>>) {
         let network = MemoryNetwork::new();
         let transports = (1..=3)
-            .map(|node| network.add_node(node, Arc::new(EchoHandler::new(node))))
+            .map(|node| network.add_node(NodeId(node), Arc::new(EchoHandler::new(NodeId(node)))))
             .collect();
         (network, transports)
     }
@@ -304,7 +305,7 @@ mod tests {
     async fn calls_reach_the_target_handler() {
         let (_network, transports) = three_nodes();
         let response = transports[0]
-            .call(2, Bytes::from_static(b"ping"), TIMEOUT)
+            .call(NodeId(2), Bytes::from_static(b"ping"), TIMEOUT)
             .await
             .expect("call");
         assert_eq!(response, Bytes::from_static(b"node 2 from 1: ping"));
@@ -313,38 +314,57 @@ mod tests {
     #[tokio::test]
     async fn a_partition_cuts_calls_until_healed() {
         let (network, transports) = three_nodes();
-        network.set_link(1, 2, false);
+        network.set_link(NodeId(1), NodeId(2), false);
         let cut = transports[0]
-            .call(2, Bytes::from_static(b"x"), TIMEOUT)
+            .call(NodeId(2), Bytes::from_static(b"x"), TIMEOUT)
             .await;
         assert!(
-            matches!(cut, Err(TransportError::Unreachable { peer: 2, .. })),
+            matches!(
+                cut,
+                Err(TransportError::Unreachable {
+                    peer: NodeId(2),
+                    ..
+                })
+            ),
             "{cut:?}"
         );
         let reverse = transports[1]
-            .call(1, Bytes::from_static(b"x"), TIMEOUT)
+            .call(NodeId(1), Bytes::from_static(b"x"), TIMEOUT)
             .await;
         assert!(matches!(
             reverse,
-            Err(TransportError::Unreachable { peer: 1, .. })
+            Err(TransportError::Unreachable {
+                peer: NodeId(1),
+                ..
+            })
         ));
         // Other links are unaffected.
         transports[0]
-            .call(3, Bytes::from_static(b"x"), TIMEOUT)
+            .call(NodeId(3), Bytes::from_static(b"x"), TIMEOUT)
             .await
             .expect("1 → 3");
-        network.set_link(2, 1, true);
+        network.set_link(NodeId(2), NodeId(1), true);
         transports[0]
-            .call(2, Bytes::from_static(b"x"), TIMEOUT)
+            .call(NodeId(2), Bytes::from_static(b"x"), TIMEOUT)
             .await
             .expect("healed");
 
-        network.set_node_links(3, false);
-        assert!(transports[0].call(3, Bytes::new(), TIMEOUT).await.is_err());
-        assert!(transports[1].call(3, Bytes::new(), TIMEOUT).await.is_err());
-        network.set_node_links(3, true);
+        network.set_node_links(NodeId(3), false);
+        assert!(
+            transports[0]
+                .call(NodeId(3), Bytes::new(), TIMEOUT)
+                .await
+                .is_err()
+        );
+        assert!(
+            transports[1]
+                .call(NodeId(3), Bytes::new(), TIMEOUT)
+                .await
+                .is_err()
+        );
+        network.set_node_links(NodeId(3), true);
         transports[1]
-            .call(3, Bytes::new(), TIMEOUT)
+            .call(NodeId(3), Bytes::new(), TIMEOUT)
             .await
             .expect("healed");
     }
@@ -352,25 +372,25 @@ mod tests {
     #[tokio::test]
     async fn a_removed_node_is_unreachable_and_closed_until_restarted() {
         let (network, transports) = three_nodes();
-        network.remove_node(2);
-        let to_removed = transports[0].call(2, Bytes::new(), TIMEOUT).await;
+        network.remove_node(NodeId(2));
+        let to_removed = transports[0].call(NodeId(2), Bytes::new(), TIMEOUT).await;
         assert!(matches!(
             to_removed,
             Err(TransportError::Unreachable { .. })
         ));
-        let from_removed = transports[1].call(1, Bytes::new(), TIMEOUT).await;
+        let from_removed = transports[1].call(NodeId(1), Bytes::new(), TIMEOUT).await;
         assert_eq!(from_removed, Err(TransportError::Closed));
 
-        let restarted = network.add_node(2, Arc::new(EchoHandler::new(2)));
+        let restarted = network.add_node(NodeId(2), Arc::new(EchoHandler::new(NodeId(2))));
         restarted
-            .call(1, Bytes::new(), TIMEOUT)
+            .call(NodeId(1), Bytes::new(), TIMEOUT)
             .await
             .expect("restarted node calls");
         transports[0]
-            .call(2, Bytes::new(), TIMEOUT)
+            .call(NodeId(2), Bytes::new(), TIMEOUT)
             .await
             .expect("restarted node answers");
-        let old = transports[1].call(1, Bytes::new(), TIMEOUT).await;
+        let old = transports[1].call(NodeId(1), Bytes::new(), TIMEOUT).await;
         assert_eq!(old, Err(TransportError::Closed));
     }
 
@@ -379,22 +399,22 @@ mod tests {
         let (network, transports) = three_nodes();
         transports[1].shutdown().await;
         assert_eq!(
-            transports[1].call(1, Bytes::new(), TIMEOUT).await,
+            transports[1].call(NodeId(1), Bytes::new(), TIMEOUT).await,
             Err(TransportError::Closed)
         );
         assert!(matches!(
-            transports[0].call(2, Bytes::new(), TIMEOUT).await,
+            transports[0].call(NodeId(2), Bytes::new(), TIMEOUT).await,
             Err(TransportError::Unreachable { .. })
         ));
 
-        let restarted = network.add_node(3, Arc::new(EchoHandler::new(3)));
+        let restarted = network.add_node(NodeId(3), Arc::new(EchoHandler::new(NodeId(3))));
         transports[2].shutdown().await; // the old incarnation stopping late
         restarted
-            .call(1, Bytes::new(), TIMEOUT)
+            .call(NodeId(1), Bytes::new(), TIMEOUT)
             .await
             .expect("the restarted node still calls");
         transports[0]
-            .call(3, Bytes::new(), TIMEOUT)
+            .call(NodeId(3), Bytes::new(), TIMEOUT)
             .await
             .expect("the restarted node still answers");
     }
@@ -403,14 +423,14 @@ mod tests {
     async fn handler_errors_and_sizes_are_reported() {
         let (_network, transports) = three_nodes();
         let failed = transports[0]
-            .call(2, Bytes::from_static(b"fail"), TIMEOUT)
+            .call(NodeId(2), Bytes::from_static(b"fail"), TIMEOUT)
             .await;
         assert!(
             matches!(failed, Err(TransportError::Remote(_))),
             "{failed:?}"
         );
         let huge = Bytes::from(vec![0u8; MAX_FRAME_BYTES + 1]);
-        let refused = transports[0].call(2, huge, TIMEOUT).await;
+        let refused = transports[0].call(NodeId(2), huge, TIMEOUT).await;
         assert!(matches!(
             refused,
             Err(TransportError::TooLarge {
@@ -426,7 +446,7 @@ mod tests {
         let item = Bytes::from(vec![7u8; 3 * STREAM_CHUNK_BYTES + 5]);
         let body: BodyStream = Box::pin(futures::stream::iter(vec![Ok(item.clone())]));
         let response = transports[0]
-            .call_stream(2, Bytes::from_static(b"h"), body, TIMEOUT)
+            .call_stream(NodeId(2), Bytes::from_static(b"h"), body, TIMEOUT)
             .await
             .expect("stream");
         let expected = crate::transport::tests::describe_body(&[item]);
@@ -439,7 +459,7 @@ mod tests {
             )),
         ]));
         let response = transports[0]
-            .call_stream(2, Bytes::from_static(b"h"), failing, TIMEOUT)
+            .call_stream(NodeId(2), Bytes::from_static(b"h"), failing, TIMEOUT)
             .await;
         assert_eq!(
             response,

@@ -49,7 +49,7 @@ pub use quic::{QuicConfig, QuicLimits, QuicTransport};
 pub use tls::TlsMode;
 
 /// A node of the cluster, as the transport names it (the Raft node id).
-pub type PeerId = u64;
+pub type PeerId = armada_storage::NodeId;
 
 /// The largest request, response or stream header, in bytes. A Raft AppendEntries batch can be
 /// several MiB; anything near this limit is a bug upstream, not traffic.

@@ -584,7 +584,7 @@ impl PeerLink {
             Err(reason) => {
                 let consecutive_failures = previous_failures.saturating_add(1);
                 let retry_at = Instant::now() + limits.reconnect_backoff(consecutive_failures);
-                tracing::debug!(peer = self.peer, address = %self.address, %reason, "dial failed");
+                tracing::debug!(peer = %self.peer, address = %self.address, %reason, "dial failed");
                 *state = LinkState::Idle {
                     consecutive_failures,
                     retry_at: Some(retry_at),
@@ -902,7 +902,7 @@ async fn serve_connection(incoming: quinn::Incoming, inbound: &Arc<Inbound>) {
                 tokio::spawn(serve_stream(from, send, receive, inbound.clone()));
             }
             Err(error) => {
-                tracing::debug!(peer = from, %error, "incoming connection closed");
+                tracing::debug!(peer = %from, %error, "incoming connection closed");
                 break;
             }
         }

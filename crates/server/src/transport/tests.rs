@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use armada_storage::NodeId;
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::Notify;
@@ -188,8 +189,16 @@ fn introduce(nodes: &[Arc<QuicTransport>]) {
 async fn cluster(size: u64) -> Vec<Arc<QuicTransport>> {
     let mut nodes = Vec::new();
     for node in 1..=size {
-        let handler = Arc::new(EchoHandler::new(node));
-        nodes.push(start_node(node, TlsMode::SelfSigned, QuicLimits::default(), handler).await);
+        let handler = Arc::new(EchoHandler::new(NodeId(node)));
+        nodes.push(
+            start_node(
+                NodeId(node),
+                TlsMode::SelfSigned,
+                QuicLimits::default(),
+                handler,
+            )
+            .await,
+        );
     }
     introduce(&nodes);
     nodes
@@ -205,12 +214,12 @@ async fn shutdown(nodes: &[Arc<QuicTransport>]) {
 async fn two_nodes_call_each_other_over_one_connection_each_way() {
     let nodes = cluster(2).await;
     let response = nodes[0]
-        .call(2, Bytes::from_static(b"ping"), TIMEOUT)
+        .call(NodeId(2), Bytes::from_static(b"ping"), TIMEOUT)
         .await
         .expect("1 → 2");
     assert_eq!(response, Bytes::from_static(b"node 2 from 1: ping"));
     let response = nodes[1]
-        .call(1, Bytes::from_static(b"pong"), TIMEOUT)
+        .call(NodeId(1), Bytes::from_static(b"pong"), TIMEOUT)
         .await
         .expect("2 → 1");
     assert_eq!(response, Bytes::from_static(b"node 1 from 2: pong"));
@@ -226,19 +235,22 @@ async fn three_nodes_call_each_other() {
     let nodes = cluster(3).await;
     for node in &nodes {
         for target in 1..=3 {
-            if target == node.node_id() {
+            if NodeId(target) == node.node_id() {
                 continue;
             }
             let response = node
-                .call(target, Bytes::from_static(b"hi"), TIMEOUT)
+                .call(NodeId(target), Bytes::from_static(b"hi"), TIMEOUT)
                 .await
                 .expect("call");
             let expected = format!("node {target} from {}: hi", node.node_id());
             assert_eq!(response, Bytes::from(expected));
         }
     }
-    let unknown = nodes[0].call(9, Bytes::new(), TIMEOUT).await;
-    assert_eq!(unknown, Err(TransportError::UnknownPeer { peer: 9 }));
+    let unknown = nodes[0].call(NodeId(9), Bytes::new(), TIMEOUT).await;
+    assert_eq!(
+        unknown,
+        Err(TransportError::UnknownPeer { peer: NodeId(9) })
+    );
     shutdown(&nodes).await;
 }
 
@@ -250,7 +262,7 @@ async fn many_concurrent_calls_share_one_dial_and_one_connection() {
         let node = nodes[0].clone();
         async move {
             let request = Bytes::from(format!("request {index}"));
-            (index, node.call(2, request, TIMEOUT).await)
+            (index, node.call(NodeId(2), request, TIMEOUT).await)
         }
     });
     for (index, response) in futures::future::join_all(calls).await {
@@ -265,7 +277,9 @@ async fn many_concurrent_calls_share_one_dial_and_one_connection() {
 #[tokio::test]
 async fn handler_errors_come_back_as_remote_errors() {
     let nodes = cluster(2).await;
-    let failed = nodes[0].call(2, Bytes::from_static(b"fail"), TIMEOUT).await;
+    let failed = nodes[0]
+        .call(NodeId(2), Bytes::from_static(b"fail"), TIMEOUT)
+        .await;
     assert_eq!(
         failed,
         Err(TransportError::Remote(
@@ -274,7 +288,7 @@ async fn handler_errors_come_back_as_remote_errors() {
     );
     // The connection is still good.
     nodes[0]
-        .call(2, Bytes::from_static(b"again"), TIMEOUT)
+        .call(NodeId(2), Bytes::from_static(b"again"), TIMEOUT)
         .await
         .expect("after a remote error");
     shutdown(&nodes).await;
@@ -288,23 +302,34 @@ async fn a_50_mib_body_arrives_intact_chunk_by_chunk_in_bounded_memory() {
     let produced = Arc::new(AtomicU64::new(0));
     let receiver = Arc::new(EchoHandler {
         produced_bytes: Some(produced.clone()),
-        ..EchoHandler::new(2)
+        ..EchoHandler::new(NodeId(2))
     });
     let largest_gap_bytes = receiver.largest_gap_bytes.clone();
     let sender = start_node(
-        1,
+        NodeId(1),
         TlsMode::SelfSigned,
         QuicLimits::default(),
-        Arc::new(EchoHandler::new(1)),
+        Arc::new(EchoHandler::new(NodeId(1))),
     )
     .await;
-    let receiver = start_node(2, TlsMode::SelfSigned, QuicLimits::default(), receiver).await;
+    let receiver = start_node(
+        NodeId(2),
+        TlsMode::SelfSigned,
+        QuicLimits::default(),
+        receiver,
+    )
+    .await;
     let nodes = vec![sender, receiver];
     introduce(&nodes);
 
     let body = generated_body(BODY_BYTES, ITEM_BYTES, produced);
     let response = nodes[0]
-        .call_stream(2, Bytes::from_static(b"snapshot"), body, TIMEOUT * 6)
+        .call_stream(
+            NodeId(2),
+            Bytes::from_static(b"snapshot"),
+            body,
+            TIMEOUT * 6,
+        )
         .await
         .expect("streamed call");
     assert_eq!(response, describe_generated_body(BODY_BYTES, ITEM_BYTES));
@@ -327,16 +352,22 @@ async fn a_stalled_stream_does_not_delay_small_calls() {
     });
     let receiver = Arc::new(EchoHandler {
         gate: Some(gate.clone()),
-        ..EchoHandler::new(2)
+        ..EchoHandler::new(NodeId(2))
     });
     let sender = start_node(
-        1,
+        NodeId(1),
         TlsMode::SelfSigned,
         QuicLimits::default(),
-        Arc::new(EchoHandler::new(1)),
+        Arc::new(EchoHandler::new(NodeId(1))),
     )
     .await;
-    let receiver = start_node(2, TlsMode::SelfSigned, QuicLimits::default(), receiver).await;
+    let receiver = start_node(
+        NodeId(2),
+        TlsMode::SelfSigned,
+        QuicLimits::default(),
+        receiver,
+    )
+    .await;
     let nodes = vec![sender, receiver];
     introduce(&nodes);
 
@@ -348,7 +379,12 @@ async fn a_stalled_stream_does_not_delay_small_calls() {
         let sender = nodes[0].clone();
         async move {
             sender
-                .call_stream(2, Bytes::from_static(b"snapshot"), body, TIMEOUT * 6)
+                .call_stream(
+                    NodeId(2),
+                    Bytes::from_static(b"snapshot"),
+                    body,
+                    TIMEOUT * 6,
+                )
                 .await
         }
     });
@@ -356,7 +392,7 @@ async fn a_stalled_stream_does_not_delay_small_calls() {
     for index in 0..20 {
         let request = Bytes::from(format!("heartbeat {index}"));
         let response = nodes[0]
-            .call(2, request, TIMEOUT)
+            .call(NodeId(2), request, TIMEOUT)
             .await
             .expect("small call");
         assert_eq!(
@@ -386,7 +422,7 @@ async fn a_handler_may_answer_early_and_a_failing_body_fails_the_call() {
         Ok(Bytes::from(vec![0u8; STREAM_CHUNK_BYTES]))
     }));
     let response = nodes[0]
-        .call_stream(2, Bytes::from_static(b"early"), endless, TIMEOUT)
+        .call_stream(NodeId(2), Bytes::from_static(b"early"), endless, TIMEOUT)
         .await;
     assert_eq!(
         response,
@@ -400,7 +436,7 @@ async fn a_handler_may_answer_early_and_a_failing_body_fails_the_call() {
         )),
     ]));
     let response = nodes[0]
-        .call_stream(2, Bytes::from_static(b"snapshot"), failing, TIMEOUT)
+        .call_stream(NodeId(2), Bytes::from_static(b"snapshot"), failing, TIMEOUT)
         .await;
     assert_eq!(
         response,
@@ -410,7 +446,7 @@ async fn a_handler_may_answer_early_and_a_failing_body_fails_the_call() {
     );
     // Both left the connection usable.
     nodes[0]
-        .call(2, Bytes::from_static(b"still there"), TIMEOUT)
+        .call(NodeId(2), Bytes::from_static(b"still there"), TIMEOUT)
         .await
         .expect("after the streams");
     shutdown(&nodes).await;
@@ -438,7 +474,7 @@ async fn restart_node(node: PeerId, address: std::net::SocketAddr) -> Arc<QuicTr
 async fn a_peer_restarted_on_the_same_port_is_reconnected() {
     let nodes = cluster(2).await;
     nodes[0]
-        .call(2, Bytes::from_static(b"before"), TIMEOUT)
+        .call(NodeId(2), Bytes::from_static(b"before"), TIMEOUT)
         .await
         .expect("before the restart");
     let address = nodes[1].local_addr().expect("address");
@@ -446,13 +482,17 @@ async fn a_peer_restarted_on_the_same_port_is_reconnected() {
     let [first, second]: [Arc<QuicTransport>; 2] = nodes.try_into().ok().expect("two nodes");
     drop(second);
 
-    let restarted = restart_node(2, address).await;
+    let restarted = restart_node(NodeId(2), address).await;
     // The first call may still meet the old connection; calls succeed again once it is gone.
     let mut attempts = 0;
     let response = loop {
         attempts += 1;
         match first
-            .call(2, Bytes::from_static(b"after"), Duration::from_secs(2))
+            .call(
+                NodeId(2),
+                Bytes::from_static(b"after"),
+                Duration::from_secs(2),
+            )
             .await
         {
             Ok(response) => break response,
@@ -478,32 +518,36 @@ async fn a_crashed_peer_restarted_on_the_same_port_is_reconnected_before_the_idl
         ..QuicLimits::default()
     };
     let first = start_node(
-        1,
+        NodeId(1),
         TlsMode::SelfSigned,
         limits,
-        Arc::new(EchoHandler::new(1)),
+        Arc::new(EchoHandler::new(NodeId(1))),
     )
     .await;
     let second = start_node(
-        2,
+        NodeId(2),
         TlsMode::SelfSigned,
         QuicLimits::default(),
-        Arc::new(EchoHandler::new(2)),
+        Arc::new(EchoHandler::new(NodeId(2))),
     )
     .await;
     introduce(&[first.clone(), second.clone()]);
     first
-        .call(2, Bytes::from_static(b"before"), TIMEOUT)
+        .call(NodeId(2), Bytes::from_static(b"before"), TIMEOUT)
         .await
         .expect("before the crash");
     let address = second.local_addr().expect("address");
     second.simulate_crash();
 
-    let restarted = restart_node(2, address).await;
+    let restarted = restart_node(NodeId(2), address).await;
     let mut outcomes = Vec::new();
     for _ in 0..5 {
         let outcome = first
-            .call(2, Bytes::from_static(b"after"), Duration::from_secs(1))
+            .call(
+                NodeId(2),
+                Bytes::from_static(b"after"),
+                Duration::from_secs(1),
+            )
             .await;
         let reconnected = outcome.is_ok();
         outcomes.push(outcome);
@@ -526,15 +570,21 @@ async fn a_call_to_a_dead_peer_fails_within_its_timeout() {
     let nodes = cluster(1).await;
     // A bound socket that never answers: the handshake cannot complete.
     let silent = std::net::UdpSocket::bind(localhost()).expect("bind");
-    nodes[0].set_peer_address(2, silent.local_addr().expect("address").to_string());
+    nodes[0].set_peer_address(NodeId(2), silent.local_addr().expect("address").to_string());
     let timeout = Duration::from_millis(500);
     let started = tokio::time::Instant::now();
-    let result = nodes[0].call(2, Bytes::from_static(b"x"), timeout).await;
+    let result = nodes[0]
+        .call(NodeId(2), Bytes::from_static(b"x"), timeout)
+        .await;
     let elapsed = started.elapsed();
     assert!(
         matches!(
             result,
-            Err(TransportError::Timeout { peer: 2 } | TransportError::Unreachable { peer: 2, .. })
+            Err(TransportError::Timeout { peer: NodeId(2) }
+                | TransportError::Unreachable {
+                    peer: NodeId(2),
+                    ..
+                })
         ),
         "{result:?}"
     );
@@ -544,10 +594,16 @@ async fn a_call_to_a_dead_peer_fails_within_its_timeout() {
     );
 
     // An address that does not resolve fails as unreachable, not as a panic or a hang.
-    nodes[0].set_peer_address(3, "no-such-host.invalid:7000".to_string());
-    let result = nodes[0].call(3, Bytes::new(), TIMEOUT).await;
+    nodes[0].set_peer_address(NodeId(3), "no-such-host.invalid:7000".to_string());
+    let result = nodes[0].call(NodeId(3), Bytes::new(), TIMEOUT).await;
     assert!(
-        matches!(result, Err(TransportError::Unreachable { peer: 3, .. })),
+        matches!(
+            result,
+            Err(TransportError::Unreachable {
+                peer: NodeId(3),
+                ..
+            })
+        ),
         "{result:?}"
     );
     shutdown(&nodes).await;
@@ -565,18 +621,18 @@ fn small_limits(max_frame_bytes: usize, stream_chunk_bytes: usize) -> QuicLimits
 async fn frames_over_the_limits_are_refused() {
     const LIMIT: usize = 64 * 1024;
     let strict = start_node(
-        2,
+        NodeId(2),
         TlsMode::SelfSigned,
         small_limits(LIMIT, 16 * 1024),
-        Arc::new(EchoHandler::new(2)),
+        Arc::new(EchoHandler::new(NodeId(2))),
     )
     .await;
     // The caller allows more than the acceptor, so the acceptor's checks are exercised too.
     let lenient = start_node(
-        1,
+        NodeId(1),
         TlsMode::SelfSigned,
         small_limits(4 * LIMIT, 4 * LIMIT),
-        Arc::new(EchoHandler::new(1)),
+        Arc::new(EchoHandler::new(NodeId(1))),
     )
     .await;
     let nodes = vec![lenient, strict];
@@ -592,25 +648,25 @@ async fn frames_over_the_limits_are_refused() {
     // Refused by the caller before sending.
     let request = Bytes::from(vec![0u8; 4 * LIMIT + 1]);
     assert_eq!(
-        nodes[0].call(2, request, TIMEOUT).await,
+        nodes[0].call(NodeId(2), request, TIMEOUT).await,
         too_large("request", 4 * LIMIT + 1, 4 * LIMIT)
     );
     // Refused by the acceptor.
     let request = Bytes::from(vec![0u8; LIMIT + 1]);
     assert_eq!(
-        nodes[0].call(2, request, TIMEOUT).await,
+        nodes[0].call(NodeId(2), request, TIMEOUT).await,
         too_large("request", LIMIT + 1, LIMIT)
     );
     // A response over the acceptor's own limit.
     let request = Bytes::from(format!("big:{}", LIMIT + 1));
     assert_eq!(
-        nodes[0].call(2, request, TIMEOUT).await,
+        nodes[0].call(NodeId(2), request, TIMEOUT).await,
         too_large("response", LIMIT + 1, LIMIT)
     );
     // A response within the acceptor's limit but over the caller's.
     let request = Bytes::from(format!("big:{}", LIMIT + 1));
     assert_eq!(
-        nodes[1].call(1, request, TIMEOUT).await,
+        nodes[1].call(NodeId(1), request, TIMEOUT).await,
         too_large("response", LIMIT + 1, LIMIT)
     );
     // Body chunks over the acceptor's chunk limit.
@@ -618,11 +674,13 @@ async fn frames_over_the_limits_are_refused() {
         0u8;
         2 * LIMIT
     ]))]));
-    let refused = nodes[0].call_stream(2, Bytes::new(), body, TIMEOUT).await;
+    let refused = nodes[0]
+        .call_stream(NodeId(2), Bytes::new(), body, TIMEOUT)
+        .await;
     assert_eq!(refused, too_large("stream chunk", 2 * LIMIT, 16 * 1024));
     // The connection is still usable.
     nodes[0]
-        .call(2, Bytes::from_static(b"small"), TIMEOUT)
+        .call(NodeId(2), Bytes::from_static(b"small"), TIMEOUT)
         .await
         .expect("after refusals");
     shutdown(&nodes).await;
@@ -708,17 +766,17 @@ async fn mutual_tls_nodes_with_certificates_from_the_ca_talk() {
     let directory = tempfile::tempdir().expect("tempdir");
     let authority = Authority::new(directory.path(), "cluster");
     let nodes = vec![
-        start_with_tls(1, authority.node_tls(1)).await,
-        start_with_tls(2, authority.node_tls(2)).await,
+        start_with_tls(NodeId(1), authority.node_tls(NodeId(1))).await,
+        start_with_tls(NodeId(2), authority.node_tls(NodeId(2))).await,
     ];
     introduce(&nodes);
     let response = nodes[0]
-        .call(2, Bytes::from_static(b"secure"), TIMEOUT)
+        .call(NodeId(2), Bytes::from_static(b"secure"), TIMEOUT)
         .await
         .expect("1 → 2");
     assert_eq!(response, Bytes::from_static(b"node 2 from 1: secure"));
     nodes[1]
-        .call(1, Bytes::from_static(b"secure"), TIMEOUT)
+        .call(NodeId(1), Bytes::from_static(b"secure"), TIMEOUT)
         .await
         .expect("2 → 1");
     shutdown(&nodes).await;
@@ -730,9 +788,9 @@ async fn mutual_tls_refuses_a_certificate_from_another_ca_and_no_certificate() {
     let authority = Authority::new(directory.path(), "cluster");
     let stranger = Authority::new(directory.path(), "stranger");
     let nodes = vec![
-        start_with_tls(1, authority.node_tls(1)).await,
-        start_with_tls(2, stranger.node_tls(2)).await,
-        start_with_tls(3, TlsMode::SelfSigned).await,
+        start_with_tls(NodeId(1), authority.node_tls(NodeId(1))).await,
+        start_with_tls(NodeId(2), stranger.node_tls(NodeId(2))).await,
+        start_with_tls(NodeId(3), TlsMode::SelfSigned).await,
     ];
     introduce(&nodes);
     let short = Duration::from_secs(3);
@@ -740,14 +798,18 @@ async fn mutual_tls_refuses_a_certificate_from_another_ca_and_no_certificate() {
     // The stranger's certificate is refused by node 1, and node 1's by the stranger.
     refused(
         nodes[1]
-            .call(1, Bytes::from_static(b"let me in"), short)
+            .call(NodeId(1), Bytes::from_static(b"let me in"), short)
             .await,
     );
-    refused(nodes[0].call(2, Bytes::from_static(b"hello?"), short).await);
+    refused(
+        nodes[0]
+            .call(NodeId(2), Bytes::from_static(b"hello?"), short)
+            .await,
+    );
     // A node without a certificate (development mode) is refused too.
     refused(
         nodes[2]
-            .call(1, Bytes::from_static(b"let me in"), short)
+            .call(NodeId(1), Bytes::from_static(b"let me in"), short)
             .await,
     );
     // Nothing reached node 1's handler: it has no incoming connection.
@@ -770,12 +832,12 @@ async fn a_node_refuses_to_start_with_a_certificate_that_is_not_its_own() {
     let directory = tempfile::tempdir().expect("tempdir");
     let authority = Authority::new(directory.path(), "cluster");
     let config = QuicConfig {
-        node_id: 3,
+        node_id: NodeId(3),
         listen: localhost(),
         peers: BTreeMap::new(),
-        tls: authority.issue(3, &super::tls::node_certificate_name(2)),
+        tls: authority.issue(NodeId(3), &super::tls::node_certificate_name(NodeId(2))),
     };
-    let started = QuicTransport::start(config, Arc::new(EchoHandler::new(3))).await;
+    let started = QuicTransport::start(config, Arc::new(EchoHandler::new(NodeId(3)))).await;
     let Err(TransportError::Setup(reason)) = started else {
         panic!("node 3 started with node 2's certificate");
     };
@@ -787,14 +849,21 @@ async fn a_dialer_refuses_an_acceptor_whose_certificate_is_another_nodes() {
     let directory = tempfile::tempdir().expect("tempdir");
     let authority = Authority::new(directory.path(), "cluster");
     let nodes = vec![
-        start_with_tls(1, authority.node_tls(1)).await,
-        start_with_tls(2, authority.node_tls(2)).await,
+        start_with_tls(NodeId(1), authority.node_tls(NodeId(1))).await,
+        start_with_tls(NodeId(2), authority.node_tls(NodeId(2))).await,
     ];
     // Node 1 believes node 3 lives at node 2's address: the TLS handshake itself fails (node
     // 2's certificate does not name node 3), before any hello could be believed.
-    nodes[0].set_peer_address(3, nodes[1].local_addr().expect("address").to_string());
+    nodes[0].set_peer_address(
+        NodeId(3),
+        nodes[1].local_addr().expect("address").to_string(),
+    );
     let result = nodes[0]
-        .call(3, Bytes::from_static(b"are you 3?"), Duration::from_secs(3))
+        .call(
+            NodeId(3),
+            Bytes::from_static(b"are you 3?"),
+            Duration::from_secs(3),
+        )
         .await;
     let Err(TransportError::Unreachable { reason, .. }) = &result else {
         panic!("{result:?}");
@@ -813,8 +882,11 @@ async fn the_acceptor_refuses_a_hello_its_certificate_does_not_name() {
     // start so; this one is built by hand from node 2's TLS configuration).
     let directory = tempfile::tempdir().expect("tempdir");
     let authority = Authority::new(directory.path(), "cluster");
-    let acceptor = start_with_tls(1, authority.node_tls(1)).await;
-    let tls = authority.node_tls(2).setup(2).expect("setup");
+    let acceptor = start_with_tls(NodeId(1), authority.node_tls(NodeId(1))).await;
+    let tls = authority
+        .node_tls(NodeId(2))
+        .setup(NodeId(2))
+        .expect("setup");
     let mut endpoint =
         quinn::Endpoint::client("127.0.0.1:0".parse().expect("address")).expect("endpoint");
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(tls.client)));
@@ -827,7 +899,7 @@ async fn the_acceptor_refuses_a_hello_its_certificate_does_not_name() {
     super::frame::write_frame(
         &mut send,
         super::frame::FrameKind::Hello,
-        super::frame::encode_peer_id(3),
+        super::frame::encode_peer_id(NodeId(3)),
     )
     .await
     .expect("hello");
@@ -849,12 +921,12 @@ async fn a_rotated_certificate_is_used_for_new_connections() {
     let authority = Authority::new(directory.path(), "cluster");
     let stranger = Authority::new(directory.path(), "stranger");
     let nodes = vec![
-        start_with_tls(1, authority.node_tls(1)).await,
-        start_with_tls(2, authority.node_tls(2)).await,
+        start_with_tls(NodeId(1), authority.node_tls(NodeId(1))).await,
+        start_with_tls(NodeId(2), authority.node_tls(NodeId(2))).await,
     ];
     introduce(&nodes);
     nodes[1]
-        .call(1, Bytes::from_static(b"before"), TIMEOUT)
+        .call(NodeId(1), Bytes::from_static(b"before"), TIMEOUT)
         .await
         .expect("2 → 1");
     // Node 2's files now hold a certificate of another CA (in its own file names): once node 2
@@ -864,14 +936,14 @@ async fn a_rotated_certificate_is_used_for_new_connections() {
         cert_file,
         key_file,
         ..
-    } = stranger.node_tls(2)
+    } = stranger.node_tls(NodeId(2))
     else {
         unreachable!("mutual");
     };
     std::fs::rename(&cert_file, directory.path().join("cluster-node-2.pem")).expect("rename");
     std::fs::rename(&key_file, directory.path().join("cluster-node-2.key")).expect("rename");
     nodes[1]
-        .call(1, Bytes::from_static(b"established"), TIMEOUT)
+        .call(NodeId(1), Bytes::from_static(b"established"), TIMEOUT)
         .await
         .expect("the established connection keeps its identity");
     let short = Duration::from_millis(500);
@@ -879,9 +951,9 @@ async fn a_rotated_certificate_is_used_for_new_connections() {
     let node_1 = nodes[0].local_addr().expect("address").to_string();
     loop {
         // A fresh connection each time.
-        nodes[1].set_peer_address(1, node_1.clone());
+        nodes[1].set_peer_address(NodeId(1), node_1.clone());
         if nodes[1]
-            .call(1, Bytes::from_static(b"new"), short)
+            .call(NodeId(1), Bytes::from_static(b"new"), short)
             .await
             .is_err()
         {
@@ -894,12 +966,12 @@ async fn a_rotated_certificate_is_used_for_new_connections() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Rotated again, to a proper certificate from the cluster's CA: new connections work.
-    authority.node_tls(2);
+    authority.node_tls(NodeId(2));
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
-        nodes[1].set_peer_address(1, node_1.clone());
+        nodes[1].set_peer_address(NodeId(1), node_1.clone());
         if nodes[1]
-            .call(1, Bytes::from_static(b"new"), short)
+            .call(NodeId(1), Bytes::from_static(b"new"), short)
             .await
             .is_ok()
         {
@@ -912,7 +984,7 @@ async fn a_rotated_certificate_is_used_for_new_connections() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     nodes[0]
-        .call(2, Bytes::from_static(b"back"), TIMEOUT)
+        .call(NodeId(2), Bytes::from_static(b"back"), TIMEOUT)
         .await
         .expect("1 → 2 with node 2's renewed certificate");
     shutdown(&nodes).await;
@@ -922,9 +994,11 @@ async fn a_rotated_certificate_is_used_for_new_connections() {
 async fn a_shut_down_transport_refuses_calls() {
     let nodes = cluster(2).await;
     nodes[0].shutdown().await;
-    let result = nodes[0].call(2, Bytes::new(), TIMEOUT).await;
+    let result = nodes[0].call(NodeId(2), Bytes::new(), TIMEOUT).await;
     assert_eq!(result, Err(TransportError::Closed));
-    let result = nodes[1].call(1, Bytes::new(), Duration::from_secs(2)).await;
+    let result = nodes[1]
+        .call(NodeId(1), Bytes::new(), Duration::from_secs(2))
+        .await;
     assert!(result.is_err(), "{result:?}");
     nodes[1].shutdown().await;
 }

@@ -84,7 +84,7 @@ impl TlsMode {
         let (server, client, reset_secret) = match self {
             TlsMode::SelfSigned => {
                 let (chain, key) = generate_identity(node_id)?;
-                let reset_secret = derive_secret(b"self-signed", &node_id.to_be_bytes());
+                let reset_secret = derive_secret(b"self-signed", &node_id.get().to_be_bytes());
                 let server = server_builder(&provider)?
                     .with_no_client_auth()
                     .with_single_cert(chain, key)
