@@ -27,7 +27,7 @@ pub enum ApiError {
     Internal(String),
     /// The leader cluster's answer to a forwarded write, with its own code.
     #[error("leader error: {message}")]
-    Leader { code: tonic::Code, message: String },
+    LeaderCluster { code: tonic::Code, message: String },
 }
 
 impl ApiError {
@@ -67,7 +67,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::Unauthenticated(_) => tonic::Status::unauthenticated(message),
             ApiError::Unimplemented(_) => tonic::Status::unimplemented(message),
             ApiError::Internal(_) => tonic::Status::internal(message),
-            ApiError::Leader { code, .. } => tonic::Status::new(code, message),
+            ApiError::LeaderCluster { code, .. } => tonic::Status::new(code, message),
         }
     }
 }

@@ -24,7 +24,7 @@ use armada_proto::regatta::v1::kv_client::KvClient;
 const TABLE_APPEAR_PAUSE: Duration = Duration::from_millis(50);
 
 fn leader_cluster_error(status: tonic::Status) -> ApiError {
-    ApiError::Leader {
+    ApiError::LeaderCluster {
         code: status.code(),
         message: format!(
             "rpc error: code = {:?} desc = {}",
